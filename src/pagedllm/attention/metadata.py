@@ -1,0 +1,83 @@
+"""Attention metadata for one flat batch, and the forward context that carries it.
+
+The model's forward is ``(input_ids, positions)``; attention layers read the batch layout and
+the KV pages from the forward context set by the model runner. That keeps model code free of
+requests and keeps CUDA graph capture simple (the tensors below are static buffers there).
+
+Batch layout: the scheduled requests are laid out one after another, **decode requests
+(query length 1) first**, then prefill chunks. Request ``i`` owns query rows
+``query_start_loc[i]:query_start_loc[i+1]``; its queries sit at the last ``query_len`` positions
+of a context of ``seq_lens[i]`` tokens (so the first ``seq_lens[i] - query_len`` tokens were
+computed in earlier steps or found in the prefix cache). Causal masking is by position.
+
+KV layout per layer: one tensor ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` (index 0
+is K, 1 is V). Logical token ``t`` of request ``i`` lives in block
+``block_tables[i, t // block_size]`` at offset ``t % block_size``; the flat slot of a new token
+is ``block * block_size + offset`` (``slot_mapping``; -1 would mean "do not write", used only
+for CUDA-graph padding rows).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Layout of one flat batch for the attention layers (all tensors on the model's device)."""
+
+    slot_mapping: torch.Tensor  # [num_tokens] int64: where each new token's K/V is written
+    block_tables: torch.Tensor  # [num_seqs, max_blocks_per_seq] int32, padded with 0
+    seq_lens: torch.Tensor  # [num_seqs] int32: context length after this step
+    query_start_loc: torch.Tensor  # [num_seqs + 1] int32: cumulative query lengths
+    max_query_len: int
+    max_seq_len: int
+    num_decodes: int  # the first num_decodes sequences have query length 1
+    num_decode_tokens: int  # == num_decodes
+    block_size: int
+    # CPU copies for the torch backend's per-sequence loops (avoid device syncs there)
+    seq_lens_cpu: list[int] | None = None
+    query_lens_cpu: list[int] | None = None
+
+    @property
+    def num_seqs(self) -> int:
+        return int(self.seq_lens.shape[0])
+
+    @property
+    def num_prefills(self) -> int:
+        return self.num_seqs - self.num_decodes
+
+
+@dataclass(slots=True)
+class ForwardContext:
+    """What attention layers see during one forward pass."""
+
+    metadata: AttentionMetadata | None  # None during a weights-only profiling pass
+    kv_caches: list[torch.Tensor]  # one per layer, see module docstring for the layout
+    backend: object  # an AttentionBackend (torch_backend / triton_backend)
+
+
+_CONTEXT: ForwardContext | None = None
+
+
+def get_forward_context() -> ForwardContext:
+    """The context of the forward pass in progress; raises outside one."""
+    if _CONTEXT is None:
+        raise RuntimeError("attention called outside a forward pass: use set_forward_context")
+    return _CONTEXT
+
+
+@contextlib.contextmanager
+def set_forward_context(context: ForwardContext) -> Iterator[None]:
+    """Install ``context`` for the duration of one model forward."""
+    global _CONTEXT
+    previous = _CONTEXT
+    _CONTEXT = context
+    try:
+        yield
+    finally:
+        _CONTEXT = previous

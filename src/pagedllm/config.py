@@ -1,0 +1,125 @@
+"""Engine configuration: model + cache + scheduler (+ parallel) configs, validated.
+
+Pure Python (no torch import): the core builds and reads these. Values a user can get wrong
+raise ``ValueError`` naming the field and what to change.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class PreemptionMode(str, enum.Enum):
+    """How a running request gives its KV blocks back when the pool runs dry."""
+
+    RECOMPUTE = "recompute"  # free the blocks; prefill prompt + generated tokens again later
+    SWAP = "swap"  # copy the blocks to CPU swap space and back before resuming
+    AUTO = "auto"  # swap when the swap space has room and it is measured cheaper
+
+
+@dataclass(slots=True)
+class CacheConfig:
+    """Where and how big the paged KV cache is."""
+
+    block_size: int = 16
+    num_gpu_blocks: int | None = None  # None: sized from memory (kv_cache_memory / utilization)
+    kv_cache_memory: int | None = None  # bytes of KV pool; default on CPU: 1 GiB
+    gpu_memory_utilization: float = 0.90
+    swap_space: int = 0  # bytes of CPU swap space for preempted requests
+    num_cpu_blocks: int | None = None  # None: swap_space // bytes per block
+    enable_prefix_caching: bool = True
+    watermark: float = 0.01  # fraction of blocks kept free when admitting new requests
+    cache_dtype: str = "auto"  # "auto": the model's dtype
+
+    def validate(self) -> None:
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
+            raise TypeError(f"block_size must be an integer, got {self.block_size!r}")
+        if self.block_size <= 0:
+            raise ValueError(f"block_size must be a positive integer, got {self.block_size}")
+        if self.num_gpu_blocks is not None and self.num_gpu_blocks <= 0:
+            raise ValueError(f"num_gpu_blocks must be positive, got {self.num_gpu_blocks}")
+        if self.kv_cache_memory is not None and self.kv_cache_memory <= 0:
+            raise ValueError(f"kv_cache_memory must be a positive byte count, got {self.kv_cache_memory}")
+        if not 0.0 < self.gpu_memory_utilization <= 1.0:
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.swap_space < 0:
+            raise ValueError(f"swap_space must be >= 0 bytes, got {self.swap_space}")
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+
+
+@dataclass(slots=True)
+class SchedulerConfig:
+    """Per-step limits of continuous batching."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int = 4096
+    enable_chunked_prefill: bool = True
+    preemption_mode: PreemptionMode = PreemptionMode.RECOMPUTE
+
+    def validate(self) -> None:
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not self.enable_chunked_prefill and self.max_num_batched_tokens < self.max_model_len:
+            raise ValueError(
+                "without chunked prefill, max_num_batched_tokens "
+                f"({self.max_num_batched_tokens}) must be >= max_model_len ({self.max_model_len})"
+            )
+        self.preemption_mode = PreemptionMode(self.preemption_mode)
+
+
+@dataclass(slots=True)
+class ModelSpec:
+    """Which model to load and how (the loader fills the architecture details)."""
+
+    model: str | None = None  # path to a GGUF file or HF directory; None: the bundled model
+    tokenizer: str | None = None  # None: from the model
+    dtype: str = "auto"  # auto | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    load_format: str = "auto"  # auto | gguf | safetensors | dummy
+    seed: int = 0
+    enforce_eager: bool = False  # no CUDA graphs
+
+    def validate(self) -> None:
+        if self.dtype not in ("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"):
+            raise ValueError(
+                f"dtype must be one of auto, float32, bfloat16, float16; got {self.dtype!r}"
+            )
+        if self.load_format not in ("auto", "gguf", "safetensors", "dummy"):
+            raise ValueError(
+                f"load_format must be one of auto, gguf, safetensors, dummy; got {self.load_format!r}"
+            )
+
+
+@dataclass(slots=True)
+class ParallelConfig:
+    tensor_parallel_size: int = 1
+
+    def validate(self) -> None:
+        if self.tensor_parallel_size < 1:
+            raise ValueError(
+                f"tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}"
+            )
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything the engine needs, validated together."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    def validate(self) -> EngineConfig:
+        self.model.validate()
+        self.cache.validate()
+        self.scheduler.validate()
+        self.parallel.validate()
+        return self
