@@ -81,3 +81,47 @@ def set_forward_context(context: ForwardContext) -> Iterator[None]:
         yield
     finally:
         _CONTEXT = previous
+
+
+def build_metadata(
+    query_lens: list[int],
+    seq_lens: list[int],
+    block_tables: list[list[int]],
+    block_size: int,
+    device: torch.device | str = "cpu",
+) -> AttentionMetadata:
+    """Build the metadata of one flat batch from per-sequence lengths and block tables.
+
+    The caller orders decode sequences (query length 1) first; ``num_decodes`` counts the
+    leading sequences with query length 1. Sequence ``i``'s new tokens occupy positions
+    ``seq_lens[i] - query_lens[i] .. seq_lens[i] - 1``; their slots follow from its block table.
+    The tensors are built on the CPU and moved to ``device`` once.
+    """
+    if not (len(query_lens) == len(seq_lens) == len(block_tables)):
+        raise ValueError("query_lens, seq_lens and block_tables must have one entry per sequence")
+    num_decodes = 0
+    while num_decodes < len(query_lens) and query_lens[num_decodes] == 1:
+        num_decodes += 1
+    slots: list[int] = []
+    for q_len, s_len, table in zip(query_lens, seq_lens, block_tables, strict=True):
+        for pos in range(s_len - q_len, s_len):
+            slots.append(table[pos // block_size] * block_size + pos % block_size)
+    max_blocks = max((len(t) for t in block_tables), default=0)
+    padded = [list(t) + [0] * (max_blocks - len(t)) for t in block_tables]
+    tables = torch.tensor(padded, dtype=torch.int32).reshape(len(padded), max_blocks)
+    query_start = [0]
+    for q_len in query_lens:
+        query_start.append(query_start[-1] + q_len)
+    return AttentionMetadata(
+        slot_mapping=torch.tensor(slots, dtype=torch.int64).to(device),
+        block_tables=tables.to(device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
+        query_start_loc=torch.tensor(query_start, dtype=torch.int32).to(device),
+        max_query_len=max(query_lens, default=0),
+        max_seq_len=max(seq_lens, default=0),
+        num_decodes=num_decodes,
+        num_decode_tokens=num_decodes,
+        block_size=block_size,
+        seq_lens_cpu=list(seq_lens),
+        query_lens_cpu=list(query_lens),
+    )

@@ -1,0 +1,39 @@
+"""The interface every attention backend implements (torch reference, Triton kernels)."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+
+from pagedllm.attention.metadata import AttentionMetadata
+
+
+class AttentionBackend(ABC):
+    """Writes new K/V into the paged cache and attends queries over it.
+
+    KV cache layout per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]``.
+    """
+
+    @abstractmethod
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        """Store ``key``/``value`` ``[T, kvh, d]`` at flat slots ``slot_mapping`` ``[T]``
+        (rows whose slot is negative are skipped)."""
+
+    @abstractmethod
+    def forward(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        """Attend ``query`` ``[T, num_heads, head_dim]`` over the paged context of each
+        sequence (causal by position); returns ``[T, num_heads, head_dim]``."""

@@ -1,0 +1,176 @@
+"""Pure PyTorch paged attention: the CPU fast path and the correctness oracle for GPU kernels.
+
+Decode rows (the first ``num_decodes`` sequences, one query each) are handled in one batch:
+the pages of every decode sequence are gathered with a single index op into a padded
+``[B, max_len, kvh, d]`` tensor and attended with one masked SDPA call, so the cost does not
+grow with a Python loop over requests. Prefill chunks (queries at the last ``query_len``
+positions of a ``seq_len`` context) loop per sequence, using the CPU copies of the lengths so
+no device sync happens inside the loop.
+
+Softmax runs in float32 for half-precision inputs: torch SDPA's CPU and CUDA fused kernels
+accumulate in float32 (see ``_sdpa``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from pagedllm.attention.backend import AttentionBackend
+from pagedllm.attention.metadata import AttentionMetadata
+
+
+def _sdpa(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """SDPA over ``[B, H, Q, d]`` queries and ``[B, KVH, L, d]`` keys/values with GQA.
+
+    The fused CPU/CUDA SDPA kernels accumulate scores and softmax in float32 for bf16/fp16
+    inputs (checked: bf16 output within bf16 rounding of a float32 reference), so there is
+    no explicit upcast: it would double the bytes read from the gathered pages.
+    """
+    gqa = query.shape[1] != key.shape[1]
+    return F.scaled_dot_product_attention(
+        query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
+    )
+
+
+class TorchAttentionBackend(AttentionBackend):
+    """Paged attention written with torch ops only (any device)."""
+
+    def write_kv(
+        self,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        kv_cache: torch.Tensor,
+        slot_mapping: torch.Tensor,
+    ) -> None:
+        """Write ``key``/``value`` ``[T, kvh, d]`` into the flat slots of ``kv_cache``.
+
+        Negative slots (CUDA-graph padding rows) are skipped.
+        """
+        num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
+        flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
+        slots = slot_mapping.to(torch.int64)
+        if slots.numel() and bool((slots < 0).any()):
+            keep = slots >= 0
+            slots, key, value = slots[keep], key[keep], value[keep]
+        flat[0].index_copy_(0, slots, key.to(kv_cache.dtype))
+        flat[1].index_copy_(0, slots, value.to(kv_cache.dtype))
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None = None,
+    ) -> torch.Tensor:
+        """Attend ``query`` ``[T, H, d]`` over each sequence's paged context -> ``[T, H, d]``."""
+        output = torch.empty_like(query)
+        num_decodes = metadata.num_decodes
+        if num_decodes > 0:
+            output[:num_decodes] = self._decode(
+                query[:num_decodes], kv_cache, metadata, scale, sliding_window
+            )
+        if metadata.num_prefills > 0:
+            self._prefill(query, kv_cache, metadata, scale, sliding_window, output)
+        return output
+
+    def _decode(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+    ) -> torch.Tensor:
+        """All decode rows at once: one gather of their pages, one masked SDPA."""
+        num_decodes = query.shape[0]
+        block_size = kv_cache.shape[2]
+        if metadata.seq_lens_cpu is not None:  # avoids a device sync
+            max_len = max(metadata.seq_lens_cpu[:num_decodes])
+        else:
+            max_len = metadata.max_seq_len
+        num_pages = -(-max_len // block_size)
+        seq_lens = metadata.seq_lens[:num_decodes]
+        tables = metadata.block_tables[:num_decodes, :num_pages].reshape(-1)
+        kvh, dim = kv_cache.shape[-2:]
+        max_pad = num_pages * block_size
+        kv = _gather_pages(kv_cache, tables).view(2, num_decodes, max_pad, kvh, dim)
+        kv = kv.transpose(2, 3)  # [2, B, kvh, L, d]
+        key_pos = torch.arange(max_pad, device=query.device)
+        last = (seq_lens.to(torch.int64) - 1)[:, None]  # the query's position
+        mask = key_pos[None, :] <= last
+        if sliding_window is not None:
+            mask &= key_pos[None, :] > last - sliding_window
+        # One query per sequence, so the g query heads sharing a KV head can ride as g query
+        # rows of that head: [B, kvh, g, d]. Same result as GQA, no K/V expansion.
+        group = query.shape[1] // kvh
+        q = query.view(num_decodes, kvh, group, dim)
+        out = _sdpa(q, kv[0], kv[1], scale, mask=mask[:, None, None, :])
+        return out.reshape(num_decodes, kvh * group, dim)
+
+    def _prefill(
+        self,
+        query: torch.Tensor,
+        kv_cache: torch.Tensor,
+        metadata: AttentionMetadata,
+        scale: float,
+        sliding_window: int | None,
+        output: torch.Tensor,
+    ) -> None:
+        """Prefill chunks one sequence at a time, causal by position over the cached prefix."""
+        block_size = kv_cache.shape[2]
+        seq_lens = metadata.seq_lens_cpu
+        if seq_lens is None:
+            seq_lens = metadata.seq_lens.tolist()
+        query_lens = metadata.query_lens_cpu
+        if query_lens is None:
+            query_lens = torch.diff(metadata.query_start_loc).tolist()
+        start = sum(query_lens[: metadata.num_decodes])
+        for i in range(metadata.num_decodes, len(seq_lens)):
+            seq_len, query_len = seq_lens[i], query_lens[i]
+            num_pages = -(-seq_len // block_size)
+            kv = _gather_pages(kv_cache, metadata.block_tables[i, :num_pages])
+            kv = kv.view(2, -1, *kv_cache.shape[-2:])[:, :seq_len]  # [2, L, kvh, d]
+            q = query[start : start + query_len].transpose(0, 1).unsqueeze(0)  # [1, H, Q, d]
+            k = kv[0].transpose(0, 1).unsqueeze(0)
+            v = kv[1].transpose(0, 1).unsqueeze(0)
+            window_covers = sliding_window is None or sliding_window >= seq_len
+            if query_len == seq_len and window_covers:
+                out = _sdpa(q, k, v, scale, is_causal=True)
+            else:
+                mask = _chunk_mask(seq_len, query_len, sliding_window, query.device)
+                out = _sdpa(q, k, v, scale, mask=mask)
+            output[start : start + query_len] = out[0].transpose(0, 1)
+            start += query_len
+
+
+def _gather_pages(kv_cache: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """K and V pages ``blocks`` (flat ``[n]``) as ``[2, n, block_size * kvh * d]``.
+
+    One index_select over whole pages for K and V together: each page is a contiguous row of
+    the (contiguous) cache, so this is a plain row gather, several times faster on CPU than
+    advanced indexing of the 5-D cache.
+    """
+    num_blocks = kv_cache.shape[1]
+    return kv_cache.view(2, num_blocks, -1).index_select(1, blocks.to(torch.int64))
+
+
+def _chunk_mask(
+    seq_len: int, query_len: int, sliding_window: int | None, device: torch.device
+) -> torch.Tensor:
+    """Boolean ``[Q, L]`` mask: query at position p sees keys at positions <= p (and within
+    the window, when one is set)."""
+    q_pos = torch.arange(seq_len - query_len, seq_len, device=device)[:, None]
+    k_pos = torch.arange(seq_len, device=device)[None, :]
+    mask = k_pos <= q_pos
+    if sliding_window is not None:
+        mask &= k_pos > q_pos - sliding_window
+    return mask

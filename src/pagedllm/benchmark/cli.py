@@ -1,0 +1,46 @@
+"""``pagedllm bench throughput | serve``: the benchmark subcommands."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+
+
+def add_bench_args(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True)
+    tp = sub.add_parser("throughput", help="offline throughput on a fixed workload (W1/W2/W3)")
+    add_engine_args(tp)
+    tp.add_argument("--preset", default=None, help="qwen3-0.6b or qwen3-8b (HF-style config)")
+    tp.add_argument("--dummy", action="store_true", help="random weights (load_format=dummy)")
+    tp.add_argument("--workload", default=None, choices=["w1", "w2", "w3"],
+                    help="default: w2 for the 8b preset, w1 for other presets, w3 otherwise")
+    tp.add_argument("--num-prompts", type=int, default=None)
+    tp.add_argument("--temperature", type=float, default=None)
+    tp.add_argument("--sweep-block-size", default=None,
+                    help="comma-separated block sizes: run the workload at each and recommend one")
+    tp.add_argument("--out", default=None, help="write the results as JSON here")
+    tp.set_defaults(func=run_bench_throughput)
+    serve = sub.add_parser("serve", help="load a running server (concurrency sweep)")
+    from pagedllm.benchmark.serving import add_bench_serve_args, run_bench_serve
+
+    add_bench_serve_args(serve)
+    serve.set_defaults(func=run_bench_serve)
+
+
+def run_bench_throughput(args: argparse.Namespace) -> int:
+    from pagedllm.benchmark.sweep import run_throughput_or_sweep
+
+    results = run_throughput_or_sweep(args, engine_config_from_args)
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(0)

@@ -1,0 +1,399 @@
+"""Iteration-level continuous batching under a token budget, with chunked prefill and preemption.
+
+Pure Python (no torch). There is no prefill phase or decode phase: each step every scheduled
+request computes some of its not-yet-computed tokens (a whole prompt, a chunk, or one decode
+token), and samples a token when the step reaches the end of its known tokens.
+
+One step (``schedule``):
+
+1. Plan the token budget: running requests' decodes first (admission order), then prefill chunks
+   of running requests that are still prefilling.
+2. Allocate the planned slots in admission order. When the pool is dry, preempt the most
+   recently admitted running request that has not been allocated this step (itself, at worst).
+   So requests allocated this step are never preempted, and the oldest always progresses.
+3. If nothing was preempted: swap in swapped requests (FCFS), then admit waiting ones (FCFS,
+   stopping at the first that does not fit, so none is overtaken and starved).
+
+The runner applies ``blocks_to_swap_out``, then ``blocks_to_copy``, then ``blocks_to_swap_in``,
+then runs the forward.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request, RequestStatus
+
+
+@dataclass(slots=True)
+class ScheduledRequest:
+    """What one request computes this step."""
+
+    request_id: str
+    token_ids: list[int]  # the tokens computed this step (len = num_new_tokens)
+    start_position: int  # == request.num_computed_tokens before this step
+    block_table: list[int]  # the request's whole block table after allocation
+    sample: bool  # True when this step reaches the end of the known tokens
+    prompt_logprobs: bool = False  # the request wants logprobs of its prompt tokens
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+
+@dataclass(slots=True)
+class SchedulerOutput:
+    """One step's plan, as plain data for the model runner."""
+
+    scheduled: list[ScheduledRequest] = field(default_factory=list)  # decodes first
+    num_batched_tokens: int = 0
+    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # (src, dst)
+    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
+    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
+    preempted_ids: list[str] = field(default_factory=list)
+    finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
+    num_decodes: int = 0  # the first num_decodes entries of `scheduled` are 1-token decodes
+
+
+class Scheduler:
+    """Decides what runs each step and owns every request's status."""
+
+    def __init__(
+        self,
+        scheduler_config: SchedulerConfig,
+        cache_config: CacheConfig,
+        num_gpu_blocks: int,
+        num_cpu_blocks: int = 0,
+    ) -> None:
+        """Validate the configs and build the KV cache manager."""
+        scheduler_config.validate()
+        cache_config.validate()
+        self.config = scheduler_config
+        self.cache_config = cache_config
+        self.kv_manager = KVCacheManager(
+            num_gpu_blocks,
+            cache_config.block_size,
+            enable_prefix_caching=cache_config.enable_prefix_caching,
+            watermark=cache_config.watermark,
+            num_cpu_blocks=num_cpu_blocks,
+        )
+        self.block_size = cache_config.block_size
+        self.requests: dict[str, Request] = {}  # every unfinished request
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # admission order: the last is the newest
+        self.swapped: deque[Request] = deque()
+        self.num_preemptions = 0
+        self._finished_ids: list[str] = []
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def num_running(self) -> int:
+        return len(self.running)
+
+    @property
+    def num_waiting(self) -> int:
+        return len(self.waiting)
+
+    @property
+    def num_swapped(self) -> int:
+        return len(self.swapped)
+
+    def has_unfinished_requests(self) -> bool:
+        """True while any request is waiting, running or swapped."""
+        return bool(self.requests)
+
+    def get_request(self, request_id: str) -> Request:
+        """The unfinished request with this id (KeyError if unknown or finished)."""
+        return self.requests[request_id]
+
+    # ---------------------------------------------------------------- intake
+    def add_request(self, request: Request) -> None:
+        """Queue a new request (FCFS). ValueError: duplicate id, or it could never fit."""
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already in use")
+        self._check_fits(request)
+        request.status = RequestStatus.WAITING
+        self.requests[request.request_id] = request
+        self.waiting.append(request)
+
+    def _check_fits(self, request: Request) -> None:
+        """Reject a request that no amount of waiting would let run."""
+        max_len = self.config.max_model_len
+        if request.num_tokens == 0:
+            raise ValueError(f"request {request.request_id!r} has an empty prompt")
+        if request.num_tokens > max_len:
+            raise ValueError(
+                f"request {request.request_id!r} has {request.num_tokens} prompt tokens, more "
+                f"than max_model_len={max_len}: shorten the prompt or raise max_model_len"
+            )
+        total = min(request.num_tokens + request.max_tokens, max_len)
+        need = -(-total // self.block_size)
+        if need > self.kv_manager.num_blocks:
+            raise ValueError(
+                f"request {request.request_id!r} needs up to {need} KV blocks "
+                f"({total} tokens / block_size {self.block_size}) but the pool has only "
+                f"{self.kv_manager.num_blocks}: lower max_tokens, shorten the prompt, or give "
+                "the KV cache more memory"
+            )
+
+    def fork_request(
+        self, parent_id: str, child: Request, num_computed_tokens: int | None = None
+    ) -> None:
+        """Add ``child`` (a sample of an n > 1 request) sharing its parent's blocks.
+
+        The child's tokens must start with the parent's computed tokens; it starts with the
+        parent's ``num_computed_tokens``, or with ``num_computed_tokens`` when the engine forks
+        between a step's forward and ``update_from_output`` (the parent's blocks already hold
+        the KV of the step's tokens then). A parent that holds no blocks (waiting, preempted,
+        swapped) cannot share: the child is then queued like a new request.
+        """
+        parent = self.requests.get(parent_id)
+        if parent is None:
+            raise ValueError(f"cannot fork unknown or finished request {parent_id!r}")
+        if child.request_id in self.requests:
+            raise ValueError(f"request id {child.request_id!r} is already in use")
+        self._check_fits(child)
+        n = parent.num_computed_tokens if num_computed_tokens is None else num_computed_tokens
+        if parent.status != RequestStatus.RUNNING or n == 0:
+            child.num_computed_tokens = 0
+            self.add_request(child)
+            return
+        if child.all_token_ids[:n] != parent.all_token_ids[:n] or child.num_tokens <= n:
+            raise ValueError(
+                f"child {child.request_id!r} must extend the parent's {n} computed tokens"
+            )
+        self.kv_manager.fork(parent, child)
+        child.num_computed_tokens = n
+        child.status = RequestStatus.RUNNING
+        child.parent_id = child.parent_id or parent_id
+        child.first_scheduled_time = parent.first_scheduled_time
+        self.requests[child.request_id] = child
+        self.running.append(child)
+
+    # ------------------------------------------------------------- finishing
+    def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:
+        """Finish requests wherever they are (abort, stop string); unknown ids are ignored."""
+        if not RequestStatus(status).finished:
+            raise ValueError(f"finish_requests needs a finished status, got {status!r}")
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for request_id in request_ids:
+            request = self.requests.get(request_id)
+            if request is None:
+                continue
+            if request.status == RequestStatus.RUNNING:
+                self.running.remove(request)
+            elif request.status == RequestStatus.SWAPPED:
+                self.swapped.remove(request)
+            else:
+                self.waiting.remove(request)
+            self._finish(request, status)
+
+    def abort_request(self, request_id: str) -> bool:
+        """Abort a request in any state; returns False (and does nothing) for an unknown id."""
+        if request_id not in self.requests:
+            return False
+        self.finish_requests([request_id], RequestStatus.FINISHED_ABORTED)
+        return True
+
+    def _finish(self, request: Request, status: RequestStatus) -> None:
+        """Mark finished, give back its blocks; the caller removed it from its queue."""
+        request.status = status
+        request.finished_time = time.monotonic()
+        self.kv_manager.free(request)
+        del self.requests[request.request_id]
+        self._finished_ids.append(request.request_id)
+
+    # -------------------------------------------------------------- stepping
+    def schedule(self) -> SchedulerOutput:
+        """Decide this step's work (see the module docstring for the order of decisions)."""
+        out = SchedulerOutput(finished_ids=self._finished_ids)
+        self._finished_ids = []
+        step = _Step(self.config.max_num_batched_tokens, self.config.max_num_seqs, out)
+        self._allocate_running(self._plan_running(step), step)
+        if not out.preempted_ids:
+            # admitting right after a preemption would only thrash
+            self._swap_in(step)
+            self._admit_waiting(step)
+        out.blocks_to_copy = self.kv_manager.take_blocks_to_copy()
+        out.num_decodes = len(step.decodes)
+        out.scheduled = step.decodes + step.prefills
+        out.num_batched_tokens = sum(len(s.token_ids) for s in out.scheduled)
+        return out
+
+    def _plan_running(self, step: _Step) -> dict[str, int]:
+        """Token counts for running requests: decodes first, then prefill chunks."""
+        plan: dict[str, int] = {}
+        for req in self.running:
+            if step.budget == 0 or step.seqs_left == 0:
+                return plan
+            if req.num_tokens - req.num_computed_tokens == 1:
+                plan[req.request_id] = 1
+                step.budget -= 1
+                step.seqs_left -= 1
+        chunked = self.config.enable_chunked_prefill
+        for req in self.running:
+            if step.budget == 0 or step.seqs_left == 0:
+                break
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining == 1 or (remaining > step.budget and not chunked):
+                continue
+            n = min(remaining, step.budget)
+            plan[req.request_id] = n
+            step.budget -= n
+            step.seqs_left -= 1
+        return plan
+
+    def _allocate_running(self, plan: dict[str, int], step: _Step) -> None:
+        """Allocate planned slots in admission order, preempting the newest when blocks run out.
+
+        Everything after index ``i`` is not yet allocated this step, so the last running
+        request is always a legal victim; at worst it is the request itself.
+        """
+        kv = self.kv_manager
+        i = 0
+        while i < len(self.running):
+            req = self.running[i]
+            n = plan.get(req.request_id)
+            if n is None:
+                i += 1
+                continue
+            while not kv.allocate_slots(req, n):
+                victim = self.running[-1]
+                self._preempt(victim, step)
+                if victim is req:
+                    break
+            else:
+                self._emit(req, n, step)
+                i += 1
+
+    def _preempt(self, req: Request, step: _Step) -> None:
+        """Take a running request's blocks back: swap them out if allowed and room, else free."""
+        self.running.remove(req)
+        kv = self.kv_manager
+        if self.config.preemption_mode != PreemptionMode.RECOMPUTE and kv.can_swap_out(req):
+            step.out.blocks_to_swap_out.extend(kv.swap_out(req))
+            req.status = RequestStatus.SWAPPED
+            self.swapped.append(req)
+        else:
+            # recompute: its prompt is now all_token_ids; it resumes before any newer request
+            kv.free(req)
+            req.num_computed_tokens = 0
+            req.status = RequestStatus.PREEMPTED
+            self.waiting.appendleft(req)
+        req.num_preemptions += 1
+        self.num_preemptions += 1
+        step.out.preempted_ids.append(req.request_id)
+
+    def _swap_in(self, step: _Step) -> None:
+        """Resume swapped requests FCFS while their pages fit above the watermark."""
+        kv = self.kv_manager
+        while self.swapped and step.seqs_left > 0 and step.budget > 0:
+            req = self.swapped[0]
+            if not kv.can_swap_in(req, reserve_watermark=bool(self.running)):
+                return
+            self.swapped.popleft()
+            step.out.blocks_to_swap_in.extend(kv.swap_in(req))
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            remaining = req.num_tokens - req.num_computed_tokens
+            if remaining > step.budget and not self.config.enable_chunked_prefill:
+                continue  # runs next step
+            n = min(remaining, step.budget)
+            if kv.allocate_slots(req, n):
+                self._emit(req, n, step)
+                step.budget -= n
+                step.seqs_left -= 1
+
+    def _admit_waiting(self, step: _Step) -> None:
+        """Admit waiting requests FCFS, with their prefix-cache hits, above the watermark."""
+        kv = self.kv_manager
+        while self.waiting and step.seqs_left > 0 and step.budget > 0:
+            req = self.waiting[0]
+            hits, num_hit = kv.get_computed_blocks(req)
+            n = req.num_tokens - num_hit
+            if n > step.budget:
+                if not self.config.enable_chunked_prefill:
+                    return
+                n = step.budget
+            # an idle pool admits without the watermark, so a huge request can always start
+            if not kv.allocate_slots(req, n, hits, reserve_watermark=bool(self.running)):
+                return
+            self.waiting.popleft()
+            req.num_computed_tokens = num_hit
+            if req.num_preemptions == 0:
+                req.num_cached_tokens = num_hit
+            req.status = RequestStatus.RUNNING
+            self.running.append(req)
+            self._emit(req, n, step)
+            step.budget -= n
+            step.seqs_left -= 1
+
+    def _emit(self, req: Request, n: int, step: _Step) -> None:
+        """Record that ``req`` computes its next ``n`` tokens this step (slots allocated)."""
+        start = req.num_computed_tokens
+        sample = start + n == req.num_tokens
+        scheduled = ScheduledRequest(
+            req.request_id,
+            req.all_token_ids[start : start + n],
+            start,
+            self.kv_manager.get_block_table(req.request_id),
+            sample,
+            req.sampling_params.prompt_logprobs is not None,
+        )
+        if n == 1 and start > 0 and sample:
+            step.decodes.append(scheduled)
+        else:
+            step.prefills.append(scheduled)
+        if req.first_scheduled_time is None:
+            req.first_scheduled_time = time.monotonic()
+
+    def update_from_output(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+        """Apply a step's results; returns the requests that got a token or finished.
+
+        Advances ``num_computed_tokens`` of every scheduled request, appends the sampled token
+        of those whose ``sample`` was True, applies ``Request.check_token_stop`` and frees
+        finished requests. Results of requests aborted since ``schedule`` are ignored; a
+        missing token for a live sampling request raises ValueError.
+        """
+        changed: list[Request] = []
+        any_finished = False
+        max_len = self.config.max_model_len
+        running = RequestStatus.RUNNING
+        for sr in output.scheduled:
+            req = self.requests.get(sr.request_id)
+            if req is None or req.status != running or req.num_computed_tokens != sr.start_position:
+                continue  # aborted (or replaced) since schedule(): drop its result
+            req.num_computed_tokens += len(sr.token_ids)
+            if not sr.sample:
+                continue
+            token = sampled.get(sr.request_id)
+            if token is None:
+                raise ValueError(f"no sampled token for request {sr.request_id!r}")
+            req.append_output_token(token)
+            if req.first_token_time is None:
+                req.first_token_time = time.monotonic()
+            status = req.check_token_stop(max_len)
+            if status is not None:
+                self._finish(req, status)
+                any_finished = True
+            changed.append(req)
+        if any_finished:
+            self.running = [r for r in self.running if r.status == running]
+        return changed
+
+
+@dataclass(slots=True)
+class _Step:
+    """Budgets and results of the step being scheduled."""
+
+    budget: int  # tokens left
+    seqs_left: int
+    out: SchedulerOutput
+    decodes: list[ScheduledRequest] = field(default_factory=list)
+    prefills: list[ScheduledRequest] = field(default_factory=list)

@@ -1,0 +1,316 @@
+"""The synchronous engine: step() = schedule -> execute -> sample -> update -> outputs.
+
+One ``LLMEngine`` owns one scheduler (which owns the KV manager) and one model runner. Users
+reach it through ``LLM`` (offline batches), the CLI, or ``AsyncLLMEngine`` (the HTTP server).
+It is not thread-safe: exactly one thread calls its methods.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from pagedllm.config import EngineConfig
+from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
+from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.outputs import RequestOutput
+from pagedllm.engine.request_group import RequestGroup, SampleState
+from pagedllm.engine.validation import resolve_prompt
+from pagedllm.loader import load_model_source
+from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.model_runner import ModelOutput, ModelRunner
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class EngineStats:
+    """A snapshot for metrics and logs."""
+
+    num_running: int
+    num_waiting: int
+    num_swapped: int
+    kv_blocks_used: int
+    kv_blocks_total: int
+    kv_usage: float  # 0 when idle: cached-but-unreferenced blocks count as free
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+    prompt_tokens_total: int
+    generation_tokens_total: int
+
+
+class LLMEngine:
+    """Continuous-batching inference over a paged KV cache."""
+
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config.validate()
+        source = load_model_source(
+            config.model.model, config.model.load_format, config.model.tokenizer
+        )
+        self.model_name = source.name
+        self.model_config = source.hf_config
+        self.tokenizer = source.tokenizer
+        self.generation_config = source.generation_config
+        model_max = int(source.hf_config.get("max_position_embeddings") or 1 << 30)
+        if config.scheduler.max_model_len > model_max:
+            logger.info("max_model_len capped at the model's %d positions", model_max)
+            config.scheduler.max_model_len = model_max
+        self.max_model_len = config.scheduler.max_model_len
+        self.runner = ModelRunner(config, source)
+        num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
+        self.runner.init_cache(num_blocks, num_cpu_blocks)
+        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, num_cpu_blocks)
+        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) if self.tokenizer else frozenset()
+        self._groups: dict[str, RequestGroup] = {}
+        self._group_of: dict[str, RequestGroup] = {}  # scheduler request id -> group
+        self._ids = itertools.count()
+        self._pending: list[RequestOutput] = []  # aborted/failed outputs for the next step
+        self.prompt_tokens_total = 0
+        self.generation_tokens_total = 0
+
+    @classmethod
+    def from_config(cls, config: EngineConfig) -> LLMEngine:
+        return cls(config)
+
+    # -------------------------------------------------------------- requests
+    def add_request(
+        self,
+        request_id: str,
+        prompt: str | list[int] | None,
+        params: SamplingParams,
+        prompt_token_ids: list[int] | None = None,
+        arrival_time: float | None = None,
+    ) -> None:
+        """Queue a request. Bad input raises ValueError/TypeError and queues nothing."""
+        if not isinstance(request_id, str) or not request_id:
+            raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
+        if request_id in self._groups:
+            raise ValueError(f"request id {request_id!r} is already in use; pick a unique id")
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
+        if len(ids) >= self.max_model_len:
+            raise ValueError(
+                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
+                "shorten the prompt or raise max_model_len"
+            )
+        arrival = time.monotonic() if arrival_time is None else arrival_time
+        internal = f"{request_id}#{next(self._ids)}"
+        max_tokens = self.max_model_len - len(ids)
+        if params.max_tokens is not None:
+            max_tokens = min(max_tokens, params.max_tokens)
+        requests = [
+            Request(
+                request_id=f"{internal}.{i}",
+                prompt_token_ids=list(ids),
+                sampling_params=params,
+                eos_token_ids=self.eos_token_ids,
+                arrival_time=arrival,
+                max_tokens=max_tokens,
+                parent_id=None if i == 0 else f"{internal}.0",
+                sample_index=i,
+            )
+            for i in range(params.n)
+        ]
+        group = RequestGroup(
+            request_id=request_id,
+            prompt=text,
+            prompt_token_ids=list(ids),
+            params=params,
+            samples=[self._sample_state(requests[0])],
+            unforked=requests[1:],
+            arrival_time=arrival,
+            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+        )
+        self.scheduler.add_request(requests[0])  # raises ValueError if it can never fit
+        self._groups[request_id] = group
+        for request in requests:
+            self._group_of[request.request_id] = group
+        self.prompt_tokens_total += len(ids)
+
+    def abort_request(self, request_ids: str | Iterable[str]) -> None:
+        """Stop requests wherever they are; unknown ids are ignored (they may have finished).
+
+        Each aborted request gets a final output (finish_reason "abort") from the next step().
+        """
+        if isinstance(request_ids, str):
+            request_ids = [request_ids]
+        for request_id in request_ids:
+            group = self._groups.get(request_id)
+            if group is not None:
+                self._finish_group(group, RequestStatus.FINISHED_ABORTED)
+
+    def has_unfinished_requests(self) -> bool:
+        return bool(self._groups) or bool(self._pending)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.runner.vocab_size
+
+    # ------------------------------------------------------------------ step
+    def step(self) -> list[RequestOutput]:
+        """Run one iteration; return one output per user request that changed."""
+        outputs, self._pending = self._pending, []
+        scheduled = self.scheduler.schedule()
+        if not scheduled.scheduled:
+            return outputs
+        requests = {s.request_id: self.scheduler.get_request(s.request_id) for s in scheduled.scheduled}
+        forks = self._forks_due(scheduled, requests)
+        try:
+            result = self.runner.execute(scheduled, requests, forks)
+        except Exception as exc:  # noqa: BLE001 - one bad step must not take the engine down
+            logger.exception("model step failed; failing its requests")
+            return outputs + self._fail_step(scheduled, exc)
+        for sched in scheduled.scheduled:
+            if sched.request_id in forks:
+                self._fork(sched, forks[sched.request_id], result)
+        sampled = {rid: tok for rid, tok in result.sampled.items() if rid in requests}
+        changed = self.scheduler.update_from_output(scheduled, sampled)
+        self._record_prompt_logprobs(result)
+        for request in changed:
+            self._on_new_token(request, result)
+        for parent_id, children in forks.items():
+            for child in children:
+                self._on_new_token(child, result)
+        return outputs + self._collect_outputs()
+
+    # ------------------------------------------------------------- internals
+    def _sample_state(self, request: Request) -> SampleState:
+        want_logprobs = request.sampling_params.logprobs is not None
+        return SampleState(
+            request=request,
+            detokenizer=IncrementalDetokenizer(
+                self.tokenizer, request.prompt_token_ids, request.sampling_params
+            ),
+            logprobs=[] if want_logprobs else None,
+            cumulative_logprob=0.0 if want_logprobs else None,
+        )
+
+    def _forks_due(
+        self, scheduled: SchedulerOutput, requests: dict[str, Request]
+    ) -> dict[str, list[Request]]:
+        """Samples 1..n-1 fork off sample 0 in the step that completes its prompt."""
+        forks: dict[str, list[Request]] = {}
+        for sched in scheduled.scheduled:
+            group = self._group_of[sched.request_id]
+            request = requests[sched.request_id]
+            if group.unforked and sched.sample and request.num_output_tokens == 0:
+                forks[sched.request_id] = group.unforked
+        return forks
+
+    def _fork(self, sched: ScheduledRequest, children: list[Request], result: ModelOutput) -> None:
+        """Children take their first token, then share every block of the parent's prompt."""
+        group = self._group_of[sched.request_id]
+        group.unforked = []
+        computed = sched.start_position + len(sched.token_ids)
+        for child in children:
+            child.append_output_token(result.sampled[child.request_id])
+            self.scheduler.fork_request(sched.request_id, child, num_computed_tokens=computed)
+            group.samples.append(self._sample_state(child))
+            status = child.check_token_stop(self.max_model_len)
+            if status is not None:
+                self.scheduler.finish_requests([child.request_id], status)
+
+    def _record_prompt_logprobs(self, result: ModelOutput) -> None:
+        for request_id, chunk in result.prompt_logprobs.items():
+            group = self._group_of.get(request_id)
+            if group is not None and group.prompt_logprobs is not None:
+                group.prompt_logprobs.extend(chunk)
+
+    def _on_new_token(self, request: Request, result: ModelOutput) -> None:
+        """Detokenize, check stop strings, record logprobs and finishing."""
+        group = self._group_of.get(request.request_id)
+        if group is None:
+            return
+        state = next(s for s in group.samples if s.request is request)
+        group.changed = True
+        token = result.sampled.get(request.request_id)
+        if token is not None:  # in result.sampled and changed: the scheduler appended it
+            if request.first_token_time is None:
+                request.first_token_time = time.monotonic()
+            self.generation_tokens_total += 1
+            state.delta_token_ids.append(token)
+            if state.logprobs is not None and request.request_id in result.logprobs:
+                entry = result.logprobs[request.request_id]
+                state.logprobs.append(entry)
+                state.delta_logprobs.append(entry)
+                state.cumulative_logprob += result.sampled_logprob.get(request.request_id, 0.0)
+            delta, stop_hit = state.detokenizer.add_tokens([token])
+            state.delta_text += delta
+            if stop_hit is not None and not request.is_finished:
+                request.stop_reason = stop_hit
+                self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+        if request.is_finished and state.finish_reason is None:
+            if request.status is not RequestStatus.FINISHED_STOPPED or request.stop_reason is None:
+                state.delta_text += state.detokenizer.flush()
+            self._close_sample(state)
+
+    def _close_sample(self, state: SampleState) -> None:
+        request = state.request
+        state.finish_reason = request.status.finish_reason
+        request.finished_time = time.monotonic()
+        self.runner.release([request.request_id])
+
+    def _collect_outputs(self) -> list[RequestOutput]:
+        outputs = []
+        for request_id, group in list(self._groups.items()):
+            if not group.changed:
+                continue
+            outputs.append(group.take_output())
+            if group.finished:
+                self._forget(group)
+        return outputs
+
+    def _forget(self, group: RequestGroup) -> None:
+        self._groups.pop(group.request_id, None)
+        for sample in group.samples:
+            self._group_of.pop(sample.request.request_id, None)
+        for request in group.unforked:
+            self._group_of.pop(request.request_id, None)
+
+    def _finish_group(self, group: RequestGroup, status: RequestStatus, error: str | None = None) -> None:
+        """Abort or fail every sample of a group; its final output comes from the next step."""
+        live = [s.request.request_id for s in group.samples if s.finish_reason is None]
+        self.scheduler.finish_requests(live, status)
+        for state in group.samples:
+            if state.finish_reason is None:
+                state.finish_reason = status.finish_reason
+                self.runner.release([state.request.request_id])
+        for request in group.unforked:
+            request.status = status
+        group.unforked = []
+        group.error = error
+        self._pending.append(group.take_output())
+        self._forget(group)
+
+    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+        message = f"{type(exc).__name__}: {exc}"
+        for sched in scheduled.scheduled:
+            group = self._group_of.get(sched.request_id)
+            if group is not None and group.request_id in self._groups:
+                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+        outputs, self._pending = self._pending, []
+        return outputs
+
+    # ----------------------------------------------------------------- stats
+    def stats(self) -> EngineStats:
+        kv = self.scheduler.kv_manager
+        total = kv.num_blocks
+        return EngineStats(
+            num_running=self.scheduler.num_running,
+            num_waiting=self.scheduler.num_waiting,
+            num_swapped=self.scheduler.num_swapped,
+            kv_blocks_used=total - kv.num_free_blocks,
+            kv_blocks_total=total,
+            kv_usage=kv.usage(),
+            prefix_cache_queries=kv.prefix_cache_queries,
+            prefix_cache_hits=kv.prefix_cache_hits,
+            num_preemptions=self.scheduler.num_preemptions,
+            prompt_tokens_total=self.prompt_tokens_total,
+            generation_tokens_total=self.generation_tokens_total,
+        )

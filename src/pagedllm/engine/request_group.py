@@ -1,0 +1,100 @@
+"""The engine's view of one user request: its n samples, their text, and its outputs.
+
+The scheduler sees one ``Request`` per sample; the user sees one ``RequestOutput`` per request.
+A ``RequestGroup`` connects the two: it owns the detokenizers and logprob lists of each sample
+and builds the (streamed) outputs.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from pagedllm.core.request import Request
+from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.outputs import CompletionOutput, Logprobs, RequestMetrics, RequestOutput
+from pagedllm.sampling_params import SamplingParams
+
+
+@dataclass(slots=True)
+class SampleState:
+    """One of the n sequences of a request, as the user sees it."""
+
+    request: Request
+    detokenizer: IncrementalDetokenizer
+    logprobs: list[Logprobs] | None
+    cumulative_logprob: float | None
+    delta_text: str = ""
+    delta_token_ids: list[int] = field(default_factory=list)
+    delta_logprobs: list[Logprobs] = field(default_factory=list)
+    finish_reason: str | None = None
+    reported_finished: bool = False
+
+    def take_completion(self) -> CompletionOutput:
+        """The completion so far, with the deltas since the last call (which are reset)."""
+        request = self.request
+        out = CompletionOutput(
+            index=request.sample_index,
+            text=self.detokenizer.output_text,
+            token_ids=list(request.output_token_ids),
+            cumulative_logprob=self.cumulative_logprob,
+            logprobs=self.logprobs,
+            finish_reason=self.finish_reason,
+            stop_reason=request.stop_reason,
+            delta_text=self.delta_text,
+            delta_token_ids=self.delta_token_ids,
+            delta_logprobs=self.delta_logprobs if self.logprobs is not None else None,
+        )
+        self.delta_text, self.delta_token_ids, self.delta_logprobs = "", [], []
+        return out
+
+
+@dataclass(slots=True)
+class RequestGroup:
+    """A user request: ``n`` samples that share the prompt (and its KV blocks)."""
+
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    params: SamplingParams
+    samples: list[SampleState]
+    unforked: list[Request]  # samples 1..n-1 until the prompt is computed and they fork
+    arrival_time: float
+    prompt_logprobs: list[Logprobs | None] | None = None
+    error: str | None = None
+    changed: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return not self.unforked and all(s.finish_reason is not None for s in self.samples)
+
+    def metrics(self) -> RequestMetrics:
+        first = self.samples[0].request
+        token_times = [s.request.first_token_time for s in self.samples]
+        return RequestMetrics(
+            arrival_time=self.arrival_time,
+            first_scheduled_time=first.first_scheduled_time,
+            first_token_time=min((t for t in token_times if t is not None), default=None),
+            last_token_time=time.monotonic(),
+            finished_time=time.monotonic() if self.finished else None,
+            num_cached_tokens=first.num_cached_tokens,
+            num_preemptions=sum(s.request.num_preemptions for s in self.samples),
+        )
+
+    def take_output(self) -> RequestOutput:
+        """The request's output after this step (deltas reset for the next one)."""
+        self.changed = False
+        finished = self.finished
+        for sample in self.samples:
+            if sample.finish_reason is not None:
+                sample.reported_finished = True
+        return RequestOutput(
+            request_id=self.request_id,
+            prompt=self.prompt,
+            prompt_token_ids=self.prompt_token_ids,
+            outputs=[s.take_completion() for s in self.samples],
+            finished=finished,
+            prompt_logprobs=self.prompt_logprobs,
+            metrics=self.metrics(),
+            error=self.error,
+        )

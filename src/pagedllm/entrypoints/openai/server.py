@@ -1,0 +1,188 @@
+"""The OpenAI-compatible HTTP server (FastAPI + uvicorn) and ``pagedllm serve``.
+
+FastAPI, uvicorn and pydantic are imported here and in this package's other modules only; the
+rest of pagedllm must not import this package at module import time (the GPU image lacks them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from pagedllm.engine.async_engine import AsyncLLMEngine
+from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+from pagedllm.entrypoints.openai.errors import APIError, GuardMiddleware, install_error_handlers
+from pagedllm.entrypoints.openai.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
+    ModelCard,
+    ModelList,
+    TokenizeRequest,
+    TokenizeResponse,
+)
+from pagedllm.entrypoints.openai.serving_base import ServerState
+from pagedllm.entrypoints.openai.serving_chat import create_chat_completion, render_chat
+from pagedllm.entrypoints.openai.serving_completion import create_completion
+from pagedllm.metrics import CONTENT_TYPE, ServerMetrics
+
+logger = logging.getLogger("pagedllm.server")
+
+DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+
+
+def build_app(
+    async_engine: AsyncLLMEngine,
+    api_key: str | None = None,
+    served_model_names: list[str] | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    drain_timeout: float = 30.0,
+) -> FastAPI:
+    """The ASGI app over a (not yet started) async engine; the engine thread starts with it."""
+    names = served_model_names or [async_engine.model_name]
+    if async_engine.metrics is None:
+        async_engine.metrics = ServerMetrics(names[0])
+    state = ServerState(engine=async_engine, served_model_names=names,
+                        metrics=async_engine.metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        async_engine.start()
+        yield
+        # uvicorn has stopped accepting and waited for open requests; abort what is left.
+        await async_engine.drain(drain_timeout)
+
+    app = FastAPI(title="pagedllm", lifespan=lifespan)
+    app.state.pagedllm = state
+    install_error_handlers(app)
+    _add_routes(app, state)
+    app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
+    return app
+
+
+def _add_routes(app: FastAPI, state: ServerState) -> None:
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        if not state.engine.is_running:
+            return JSONResponse({"status": "engine not running"}, status_code=503)
+        return JSONResponse({"status": "ok"})
+
+    @app.get("/v1/models")
+    async def models() -> JSONResponse:
+        cards = [ModelCard(id=n, max_model_len=state.engine.max_model_len)
+                 for n in state.served_model_names]
+        return JSONResponse(ModelList(data=cards).model_dump())
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, raw: Request) -> Any:
+        return await create_completion(body, state, raw)
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, raw: Request) -> Any:
+        return await create_chat_completion(body, state, raw)
+
+    @app.post("/tokenize")
+    async def tokenize(body: TokenizeRequest) -> JSONResponse:
+        state.check_model(body.model)
+        if (body.prompt is None) == (body.messages is None):
+            raise APIError(400, "give exactly one of prompt or messages", param="prompt")
+        if body.messages is not None:
+            ids = render_chat(state, body.messages, body.add_generation_prompt)
+        else:
+            ids = state.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+        resp = TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.engine.max_model_len)
+        return JSONResponse(resp.model_dump())
+
+    @app.post("/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> JSONResponse:
+        state.check_model(body.model)
+        vocab = int(getattr(state.engine.engine, "vocab_size", 0) or 0)
+        bad = [t for t in body.tokens if t < 0 or (vocab and t >= vocab)]
+        if bad:
+            raise APIError(400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})",
+                           param="tokens")
+        return JSONResponse(DetokenizeResponse(prompt=state.tokenizer.decode(body.tokens)).model_dump())
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        text = state.metrics.render(state.engine.stats())
+        return PlainTextResponse(text, media_type=CONTENT_TYPE)
+
+
+# ------------------------------------------------------------------------- CLI
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    """Options of ``pagedllm serve [MODEL]``: server options plus the engine options."""
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument(
+        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env "
+        "PAGEDLLM_API_KEY)"
+    )
+    parser.add_argument("--max-request-body", type=int, default=DEFAULT_MAX_BODY_BYTES,
+                        help="largest accepted request body in bytes (default 4 MiB)")
+    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
+                        help="seconds in-flight requests get to finish on SIGTERM")
+    parser.add_argument("--log-level", default="info",
+                        choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--served-model-name", default=None,
+                        help="the model name the API reports and accepts (default: the file's)")
+    add_engine_args(parser)
+
+
+def run_server(args: argparse.Namespace) -> int:
+    """Load the model, serve until SIGTERM/SIGINT, drain, and return the exit code (0)."""
+    import uvicorn
+
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = engine_config_from_args(args)
+    except (ValueError, TypeError) as exc:
+        logger.error("invalid engine options: %s", exc)
+        return 2
+    api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+    async_engine = AsyncLLMEngine.from_config(config)
+    names = [args.served_model_name] if args.served_model_name else None
+    app = build_app(async_engine, api_key=api_key, served_model_names=names,
+                    max_body_bytes=args.max_request_body, drain_timeout=args.shutdown_timeout)
+    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((args.host, args.port))
+    host, port = sock.getsockname()[:2]
+    uv_config = uvicorn.Config(
+        app,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=max(1, int(args.shutdown_timeout)),
+        access_log=args.log_level == "debug",
+    )
+    server = uvicorn.Server(uv_config)
+    # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
+    # default handler would kill us with -15; a graceful drain is a clean exit (0).
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}",
+          flush=True)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        async_engine.shutdown()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pagedllm serve", description=__doc__)
+    add_serve_args(parser)
+    return run_server(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""POST /v1/completions: legacy text completions (string, strings, or token-id prompts)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from pagedllm.engine.async_engine import RequestStream
+from pagedllm.engine.outputs import Logprobs, RequestOutput
+from pagedllm.entrypoints.openai.errors import APIError
+from pagedllm.entrypoints.openai.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    UsageInfo,
+    random_id,
+)
+from pagedllm.entrypoints.openai.serving_base import (
+    ServerState,
+    all_final,
+    build_params,
+    merge_streams,
+    sse,
+    sse_error,
+    submit,
+    top_logprobs,
+    unless_disconnected,
+    usage_counts,
+)
+
+
+def normalize_prompts(prompt: object) -> list[tuple[str | None, list[int] | None]]:
+    """(text, token ids) per prompt: a string, strings, token ids, or lists of token ids."""
+    if isinstance(prompt, str):
+        return [(prompt, None)]
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt):
+            return [(p, None) for p in prompt]
+        if all(isinstance(p, int) for p in prompt):
+            return [(None, list(prompt))]
+        if all(isinstance(p, list) for p in prompt):
+            return [(None, list(p)) for p in prompt]
+    raise APIError(
+        400,
+        "prompt must be a non-empty string, list of strings, list of token ids, or list of "
+        "token-id lists",
+        param="prompt",
+    )
+
+
+class CompletionLogprobBuilder:
+    """Builds the legacy logprobs object (tokens, token_logprobs, top_logprobs, text_offset)."""
+
+    def __init__(self, state: ServerState, k: int, offset: int = 0) -> None:
+        self.state = state
+        self.k = k
+        self.offset = offset
+
+    def build(
+        self, token_ids: list[int], logprobs: list[Logprobs | None] | None
+    ) -> CompletionLogprobs:
+        out = CompletionLogprobs()
+        for i, tid in enumerate(token_ids):
+            lp = logprobs[i] if logprobs is not None and i < len(logprobs) else None
+            token = self.state.token_string(tid)
+            out.tokens.append(token)
+            out.text_offset.append(self.offset)
+            self.offset += len(token)
+            if lp is None:
+                out.token_logprobs.append(None)
+                out.top_logprobs.append(None)
+                continue
+            out.token_logprobs.append(lp.get(tid))
+            out.top_logprobs.append(
+                {self.state.token_string(t): v for t, v in top_logprobs(lp, max(self.k, 1))}
+            )
+        return out
+
+
+async def create_completion(
+    body: CompletionRequest, state: ServerState, raw: Request
+) -> JSONResponse | StreamingResponse:
+    model = state.check_model(body.model)
+    if body.suffix:
+        raise APIError(400, "suffix is not supported", param="suffix")
+    if body.best_of is not None and body.best_of != body.n:
+        raise APIError(400, "best_of other than n is not supported", param="best_of")
+    prompts = normalize_prompts(body.prompt)
+    params = build_params(body, body.max_tokens)
+    request_id = random_id("cmpl")
+    streams = await submit(state, prompts, params, request_id)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        generator = _stream(body, state, streams, request_id, model, include_usage)
+        return StreamingResponse(generator, media_type="text/event-stream")
+    outputs = await unless_disconnected(raw, all_final(streams))
+    return JSONResponse(_response(body, state, outputs, request_id, model).model_dump())
+
+
+def _prompt_text(state: ServerState, out: RequestOutput) -> str:
+    if out.prompt is not None:
+        return out.prompt
+    return state.tokenizer.decode(out.prompt_token_ids)
+
+
+def _response(
+    body: CompletionRequest,
+    state: ServerState,
+    outputs: list[RequestOutput],
+    request_id: str,
+    model: str,
+) -> CompletionResponse:
+    choices: list[CompletionChoice] = []
+    for p, out in enumerate(outputs):
+        prefix = _prompt_text(state, out) if body.echo else ""
+        for comp in out.outputs:
+            logprobs = None
+            if body.logprobs is not None:
+                builder = CompletionLogprobBuilder(state, body.logprobs)
+                logprobs = builder.build([], None)
+                if body.echo:
+                    _extend(logprobs, builder.build(out.prompt_token_ids, out.prompt_logprobs))
+                _extend(logprobs, builder.build(comp.token_ids, comp.logprobs))
+            choices.append(
+                CompletionChoice(
+                    index=p * body.n + comp.index,
+                    text=prefix + comp.text,
+                    logprobs=logprobs,
+                    finish_reason=comp.finish_reason,
+                    stop_reason=comp.stop_reason,
+                )
+            )
+    prompt_tokens, completion_tokens = usage_counts(outputs)
+    usage = UsageInfo(
+        prompt_tokens=prompt_tokens,
+        completion_tokens=completion_tokens,
+        total_tokens=prompt_tokens + completion_tokens,
+    )
+    return CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
+
+
+def _extend(into: CompletionLogprobs, more: CompletionLogprobs) -> None:
+    into.tokens += more.tokens
+    into.token_logprobs += more.token_logprobs
+    into.top_logprobs += more.top_logprobs
+    into.text_offset += more.text_offset
+
+
+async def _stream(
+    body: CompletionRequest,
+    state: ServerState,
+    streams: list[RequestStream],
+    request_id: str,
+    model: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    """SSE chunks: one per completion that changed, then usage (if asked), then [DONE]."""
+    builders: dict[int, CompletionLogprobBuilder] = {}
+    prompt_tokens = completion_tokens = 0
+    echoed: set[int] = set()
+    try:
+        async for p, out in merge_streams(streams):
+            if p not in echoed:
+                echoed.add(p)
+                prompt_tokens += len(out.prompt_token_ids)
+            for comp in out.outputs:
+                index = p * body.n + comp.index
+                completion_tokens += len(comp.delta_token_ids)
+                text = comp.delta_text
+                if body.echo and index not in builders:
+                    text = _prompt_text(state, out) + text
+                builder = builders.setdefault(
+                    index, CompletionLogprobBuilder(state, body.logprobs or 0)
+                )
+                if not text and not comp.delta_token_ids and comp.finish_reason is None:
+                    continue
+                logprobs = None
+                if body.logprobs is not None:
+                    logprobs = builder.build(comp.delta_token_ids, comp.delta_logprobs)
+                choice = CompletionChoice(
+                    index=index,
+                    text=text,
+                    logprobs=logprobs,
+                    finish_reason=comp.finish_reason,
+                    stop_reason=comp.stop_reason,
+                )
+                yield sse(CompletionResponse(id=request_id, model=model, choices=[choice]))
+        if include_usage:
+            usage = UsageInfo(
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+            )
+            yield sse(CompletionResponse(id=request_id, model=model, choices=[], usage=usage))
+    except Exception as exc:  # noqa: BLE001 - reported in-stream: the headers are already sent
+        yield sse_error(exc)
+    yield "data: [DONE]\n\n"

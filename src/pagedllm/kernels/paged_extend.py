@@ -1,0 +1,246 @@
+"""Paged prefill/extend attention: chunked prefill over a cached prefix (FlashAttention-2 style).
+
+Sequence ``i`` has ``query_len`` new queries that sit at the last positions of a context of
+``seq_len`` tokens; query ``j`` is at position ``seq_len - query_len + j`` and sees keys at
+positions ``<=`` its own (and, with a sliding window ``w``, ``> position - w``). All keys, both
+the cached prefix and the rows written this step, are read from the pages, so K/V must be
+written (``reshape_and_cache``) before this runs.
+
+Grid: ``(num_prefill_seqs, cdiv(max_query_len, BLOCK_M), num_heads)``; tiles past a sequence's
+query length exit at once. That avoids a host-side per-program map (and the host sync that
+building it would need) at the cost of a few empty programs for ragged batches.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm.kernels._common import dot_options
+
+LOG2E = math.log2(math.e)
+
+
+@triton.jit
+def _extend_tile_loop(
+    acc,
+    l_i,
+    m_i,
+    q,
+    k_base,
+    bt_row,
+    pos_m,
+    lo,
+    hi,
+    qk_scale,
+    sliding_window,
+    stride_ckv,
+    stride_cb,
+    stride_cs,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    """Online softmax over key tiles ``[lo, hi)``; ``MASKED`` adds causal/window/bound masks."""
+    offs_d = tl.arange(0, HEAD_DIM)
+    for start in range(lo, hi, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        nmask = offs_n < hi
+        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        kv_offs = (blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs)[:, None] + offs_d[None, :]
+        k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
+        if DOT_FP32:
+            k = k.to(tl.float32)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if MASKED:
+            visible = (offs_n[None, :] <= pos_m[:, None]) & nmask[None, :]
+            if HAS_WINDOW:
+                visible = visible & (offs_n[None, :] > pos_m[:, None] - sliding_window)
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        # A row may see no key of a tile (sliding window): keep exp2 arguments finite.
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        alpha = tl.exp2(m_i - m_safe)
+        p = tl.exp2(s - m_safe[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
+        if DOT_FP32:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _paged_extend_kernel(
+    q_ptr,
+    cache_ptr,
+    block_tables_ptr,
+    seq_lens_ptr,
+    query_start_loc_ptr,
+    out_ptr,
+    qk_scale,
+    sliding_window,
+    seq_offset,
+    stride_qt,
+    stride_qh,
+    stride_ot,
+    stride_oh,
+    stride_ckv,
+    stride_cb,
+    stride_cs,
+    stride_ch,
+    stride_bt,
+    NUM_GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    HAS_WINDOW: tl.constexpr,
+    DOT_PRECISION: tl.constexpr,
+    DOT_FP32: tl.constexpr,
+):
+    seq = seq_offset + tl.program_id(0)
+    m_tile = tl.program_id(1)
+    head = tl.program_id(2)
+    q_start = tl.load(query_start_loc_ptr + seq)
+    q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
+    if m_tile * BLOCK_M < q_len:
+        seq_len = tl.load(seq_lens_ptr + seq)
+        prefix = seq_len - q_len
+        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, HEAD_DIM)
+        mmask = offs_m < q_len
+        rows = (q_start + offs_m).to(tl.int64)
+        q = tl.load(
+            q_ptr + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
+            mask=mmask[:, None],
+            other=0.0,
+        )
+        if DOT_FP32:
+            q = q.to(tl.float32)
+        pos_m = prefix + offs_m
+        first_pos = prefix + m_tile * BLOCK_M
+        # Keys past the tile's last query position are never visible.
+        hi = tl.minimum(first_pos + BLOCK_M, seq_len)
+        bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
+        k_base = cache_ptr + (head // NUM_GROUP) * stride_ch
+
+        m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        if HAS_WINDOW:
+            lo = tl.maximum(first_pos - sliding_window + 1, 0)
+            acc, l_i, m_i = _extend_tile_loop(
+                acc, l_i, m_i, q, k_base, bt_row, pos_m, lo, hi, qk_scale, sliding_window,
+                stride_ckv, stride_cb, stride_cs,
+                HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, DOT_PRECISION, DOT_FP32,
+            )  # fmt: skip
+        else:
+            # Whole tiles of keys at or before the tile's first query position are visible to
+            # every row: no mask there; only the diagonal tiles pay for masking.
+            mid = ((first_pos + 1) // BLOCK_N) * BLOCK_N
+            acc, l_i, m_i = _extend_tile_loop(
+                acc, l_i, m_i, q, k_base, bt_row, pos_m, 0, mid, qk_scale, sliding_window,
+                stride_ckv, stride_cb, stride_cs,
+                HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, HAS_WINDOW, DOT_PRECISION, DOT_FP32,
+            )  # fmt: skip
+            acc, l_i, m_i = _extend_tile_loop(
+                acc, l_i, m_i, q, k_base, bt_row, pos_m, mid, hi, qk_scale, sliding_window,
+                stride_ckv, stride_cb, stride_cs,
+                HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, DOT_PRECISION, DOT_FP32,
+            )  # fmt: skip
+        l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+        out = acc / l_safe[:, None]
+        tl.store(
+            out_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=mmask[:, None],
+        )
+
+
+def _default_tiles(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for this head dim and dtype."""
+    if not on_gpu:
+        return 32, 32, 4, 1  # interpreter: small tiles keep numpy temporaries small
+    if dtype == torch.float32:
+        return 64, 32, 4, 2  # 4-byte tiles: stay well inside shared memory
+    if head_dim <= 64:
+        return 128, 64, 4, 3
+    return 128, 64, 8, 2
+
+
+def paged_extend_attention(
+    query: torch.Tensor,
+    kv_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    query_start_loc: torch.Tensor,
+    scale: float,
+    max_query_len: int,
+    seq_offset: int = 0,
+    num_seqs: int | None = None,
+    sliding_window: int | None = None,
+    out: torch.Tensor | None = None,
+    block_m: int | None = None,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+) -> torch.Tensor:
+    """Causal attention of variable-length query chunks over their paged contexts.
+
+    Handles sequences ``seq_offset .. seq_offset + num_seqs`` of the batch (their rows of
+    ``query`` ``[T, H, d]`` are given by the absolute ``query_start_loc``); rows of other
+    sequences in ``out`` are left untouched. ``max_query_len`` is an upper bound on those
+    sequences' query lengths (it sizes the grid). Returns ``out`` (``[T, H, d]``).
+    """
+    num_heads, head_dim = query.shape[1], query.shape[2]
+    out = torch.empty_like(query) if out is None else out
+    if num_seqs is None:
+        num_seqs = seq_lens.shape[0] - seq_offset
+    if num_seqs <= 0 or max_query_len <= 0:
+        return out
+    num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
+    dm, dn, dw, ds = _default_tiles(head_dim, query.dtype, query.is_cuda)
+    block_m = block_m or dm
+    block_n = block_n or dn
+    precision, upcast = dot_options(query.dtype)
+    grid = (num_seqs, triton.cdiv(max_query_len, block_m), num_heads)
+    _paged_extend_kernel[grid](
+        query,
+        kv_cache,
+        block_tables,
+        seq_lens,
+        query_start_loc,
+        out,
+        scale * LOG2E,
+        sliding_window or 0,
+        seq_offset,
+        query.stride(0),
+        query.stride(1),
+        out.stride(0),
+        out.stride(1),
+        kv_cache.stride(0),
+        kv_cache.stride(1),
+        kv_cache.stride(2),
+        kv_cache.stride(3),
+        block_tables.stride(0),
+        NUM_GROUP=num_heads // num_kv_heads,
+        HEAD_DIM=head_dim,
+        BLOCK_SIZE=block_size,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        HAS_WINDOW=bool(sliding_window),
+        DOT_PRECISION=precision,
+        DOT_FP32=upcast,
+        num_warps=num_warps or dw,
+        num_stages=num_stages or ds,
+    )
+    return out

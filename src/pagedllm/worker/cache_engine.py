@@ -1,0 +1,94 @@
+"""Device KV pages and CPU swap space: allocation, swapping and copy-on-write copies.
+
+Layout per layer: one tensor ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` (index 0 is
+K, 1 is V), the layout every attention backend reads. The CPU swap space has the same layout
+with ``num_cpu_blocks`` pages (pinned memory on CUDA so copies can overlap). Which block moves
+where is decided by the KV manager in ``core/``; this class only moves bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(slots=True)
+class KVCacheSpec:
+    """Shape of one layer's pages; ``bytes_per_block`` covers all layers, K and V."""
+
+    num_layers: int
+    block_size: int
+    num_kv_heads: int
+    head_dim: int
+    dtype: torch.dtype
+
+    @property
+    def bytes_per_block(self) -> int:
+        elem = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+
+    def num_blocks_for(self, num_bytes: int) -> int:
+        """How many whole blocks fit in ``num_bytes``."""
+        return num_bytes // self.bytes_per_block
+
+
+class CacheEngine:
+    """Owns the device KV pool and the CPU swap space of one worker."""
+
+    def __init__(
+        self, spec: KVCacheSpec, num_blocks: int, num_cpu_blocks: int, device: torch.device
+    ) -> None:
+        if num_blocks <= 0:
+            raise ValueError(
+                f"the KV cache has room for no block of {spec.block_size} tokens: raise "
+                "kv_cache_memory / gpu_memory_utilization or lower block_size"
+            )
+        self.spec = spec
+        self.num_blocks = num_blocks
+        self.num_cpu_blocks = num_cpu_blocks
+        self.device = device
+        shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+        # zeros, not empty: a padded attention row may read a page nobody wrote yet, and
+        # garbage there could be NaN, which masking by -inf does not remove from a matmul.
+        self.kv_caches = [
+            torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
+        ]
+        cpu_shape = (2, num_cpu_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
+        pin = device.type == "cuda"
+        self.cpu_caches = [
+            torch.zeros(cpu_shape, dtype=spec.dtype, pin_memory=pin)
+            for _ in range(spec.num_layers if num_cpu_blocks > 0 else 0)
+        ]
+
+    def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy (device block, cpu block) pairs from the device pool to swap space."""
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
+        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long)
+        for gpu, cpu in zip(self.kv_caches, self.cpu_caches, strict=True):
+            cpu[:, dst] = gpu[:, src].to("cpu", non_blocking=False)
+
+    def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy (cpu block, device block) pairs from swap space back into the device pool."""
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs], dtype=torch.long)
+        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
+        pin = self.device.type == "cuda"
+        for gpu, cpu in zip(self.kv_caches, self.cpu_caches, strict=True):
+            staged = cpu[:, src]
+            if pin:
+                staged = staged.pin_memory()
+            gpu[:, dst] = staged.to(self.device, non_blocking=pin)
+
+    def copy_blocks(self, pairs: Sequence[tuple[int, int]]) -> None:
+        """Copy-on-write: duplicate (src, dst) device blocks in every layer."""
+        if not pairs:
+            return
+        src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
+        dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
+        for cache in self.kv_caches:
+            cache[:, dst] = cache[:, src]

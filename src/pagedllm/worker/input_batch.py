@@ -1,0 +1,50 @@
+"""Turn a SchedulerOutput into the flat tensors of one model step.
+
+The scheduler lists decodes (one token) first, then prefill chunks; the batch keeps that order,
+so rows ``query_start_loc[i]:query_start_loc[i+1]`` belong to scheduled request ``i``. Built
+from plain Python lists and moved to the device in one copy per tensor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from pagedllm.attention.metadata import AttentionMetadata, build_metadata
+from pagedllm.core.scheduler import SchedulerOutput
+
+
+@dataclass(slots=True)
+class ModelInputs:
+    """Everything one forward pass needs, plus where each request's rows are."""
+
+    input_ids: torch.Tensor  # [T] int64
+    positions: torch.Tensor  # [T] int64
+    metadata: AttentionMetadata
+    query_start: list[int]  # row offset of scheduled request i (len = num_scheduled + 1)
+
+
+def prepare_inputs(output: SchedulerOutput, block_size: int, device: torch.device) -> ModelInputs:
+    """Lay the scheduled tokens out as one flat batch (no padding)."""
+    input_ids: list[int] = []
+    positions: list[int] = []
+    query_lens: list[int] = []
+    seq_lens: list[int] = []
+    block_tables: list[list[int]] = []
+    query_start = [0]
+    for sched in output.scheduled:
+        n = len(sched.token_ids)
+        input_ids.extend(sched.token_ids)
+        positions.extend(range(sched.start_position, sched.start_position + n))
+        query_lens.append(n)
+        seq_lens.append(sched.start_position + n)
+        block_tables.append(sched.block_table)
+        query_start.append(query_start[-1] + n)
+    metadata = build_metadata(query_lens, seq_lens, block_tables, block_size, device)
+    return ModelInputs(
+        input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
+        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        metadata=metadata,
+        query_start=query_start,
+    )

@@ -1,0 +1,247 @@
+"""Runs the model for one SchedulerOutput: swaps and copies, forward, sampling.
+
+The runner owns the model, the KV pages (through ``CacheEngine``), the attention backend and
+the sampler. It never changes request state: it reads requests and returns what it sampled.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from pagedllm.attention.metadata import ForwardContext, set_forward_context
+from pagedllm.config import EngineConfig
+from pagedllm.core.request import Request
+from pagedllm.core.scheduler import SchedulerOutput
+from pagedllm.engine.outputs import Logprobs
+from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
+from pagedllm.loader import ModelSource
+from pagedllm.models.registry import build_model
+from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
+from pagedllm.worker.device import resolve_device, resolve_dtype
+from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
+
+logger = logging.getLogger(__name__)
+
+_CPU_DEFAULT_KV_BYTES = 1 << 30
+
+
+@dataclass(slots=True)
+class ModelOutput:
+    """What one step produced, keyed by request id."""
+
+    sampled: dict[str, int] = field(default_factory=dict)
+    logprobs: dict[str, Logprobs] = field(default_factory=dict)
+    sampled_logprob: dict[str, float] = field(default_factory=dict)
+    prompt_logprobs: dict[str, list[Logprobs]] = field(default_factory=dict)
+
+
+class ModelRunner:
+    """One model on one device with its paged KV cache."""
+
+    def __init__(self, config: EngineConfig, source: ModelSource) -> None:
+        self.config = config
+        self.device = resolve_device(config.model.device)
+        self.dtype = resolve_dtype(config.model.dtype, source.hf_config, self.device)
+        torch.manual_seed(config.model.seed)
+        self.model = build_model(source.hf_config, self.dtype, self.device)
+        self.model.load_weights(source.weights())
+        self.model.eval()
+        self.vocab_size = int(source.hf_config["vocab_size"])
+        self.block_size = config.cache.block_size
+        cache_dtype = self.dtype if config.cache.cache_dtype == "auto" else _dtype(config)
+        self.kv_spec = KVCacheSpec(
+            num_layers=self.model.num_layers,
+            block_size=self.block_size,
+            num_kv_heads=self.model.num_kv_heads,
+            head_dim=self.model.head_dim,
+            dtype=cache_dtype,
+        )
+        self.backend = self._make_backend()
+        self.sampler = Sampler()
+        self.cache: CacheEngine | None = None
+        self._generators: dict[str, torch.Generator] = {}
+
+    # ----------------------------------------------------------------- set-up
+    def _make_backend(self) -> object:
+        if self.device.type == "cuda":
+            from pagedllm.attention.triton_backend import TritonAttentionBackend
+
+            return TritonAttentionBackend(
+                max_num_seqs=self.config.scheduler.max_num_seqs,
+                max_model_len=self.config.scheduler.max_model_len,
+            )
+        from pagedllm.attention.torch_backend import TorchAttentionBackend
+
+        return TorchAttentionBackend()
+
+    def determine_num_blocks(self) -> tuple[int, int]:
+        """Size the KV pool: explicit blocks, explicit bytes, or free memory after profiling."""
+        cache = self.config.cache
+        per_block = self.kv_spec.bytes_per_block
+        num_cpu = cache.num_cpu_blocks
+        if num_cpu is None:
+            num_cpu = cache.swap_space // per_block
+        if cache.num_gpu_blocks is not None:
+            return cache.num_gpu_blocks, num_cpu
+        if cache.kv_cache_memory is not None:
+            return cache.kv_cache_memory // per_block, num_cpu
+        if self.device.type != "cuda":
+            return _CPU_DEFAULT_KV_BYTES // per_block, num_cpu
+        free = self._profile_free_cuda_memory()
+        return max(free // per_block, 0), num_cpu
+
+    @torch.inference_mode()
+    def _profile_free_cuda_memory(self) -> int:
+        """Run a forward of max_num_batched_tokens tokens; what is left is for KV pages."""
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(self.device)
+        n = min(self.config.scheduler.max_num_batched_tokens, self.config.scheduler.max_model_len)
+        ids = torch.zeros(n, dtype=torch.long, device=self.device)
+        pos = torch.arange(n, dtype=torch.long, device=self.device)
+        with set_forward_context(ForwardContext(None, [], self.backend)):
+            hidden = self.model(ids, pos)
+            self.model.compute_logits(hidden[-min(n, self.config.scheduler.max_num_seqs) :])
+        torch.cuda.synchronize(self.device)
+        peak = torch.cuda.max_memory_allocated(self.device)
+        _, total = torch.cuda.mem_get_info(self.device)
+        budget = int(total * self.config.cache.gpu_memory_utilization) - peak
+        torch.cuda.empty_cache()
+        return max(budget, 0)
+
+    def init_cache(self, num_blocks: int, num_cpu_blocks: int) -> None:
+        """Allocate the KV pages (after determine_num_blocks)."""
+        self.cache = CacheEngine(self.kv_spec, num_blocks, num_cpu_blocks, self.device)
+
+    # ------------------------------------------------------------------ steps
+    @torch.inference_mode()
+    def execute(
+        self,
+        output: SchedulerOutput,
+        requests: Mapping[str, Request],
+        fork_children: Mapping[str, Sequence[Request]] | None = None,
+    ) -> ModelOutput:
+        """Carry out swaps and copies, run the model on the scheduled tokens, and sample.
+
+        ``fork_children`` maps a request whose prompt completes this step to the forked
+        samples of an ``n > 1`` request: they sample their first token from the same logits.
+        """
+        assert self.cache is not None, "init_cache() must run before execute()"
+        # this order is the KV manager's: a block swapped out may be reused as a CoW target,
+        # and a swap-in may land in a block freed by a swap-out
+        self.cache.swap_out(output.blocks_to_swap_out)
+        self.cache.copy_blocks(output.blocks_to_copy)
+        self.cache.swap_in(output.blocks_to_swap_in)
+        result = ModelOutput()
+        if not output.scheduled:
+            return result
+        inputs = prepare_inputs(output, self.block_size, self.device)
+        context = ForwardContext(inputs.metadata, self.cache.kv_caches, self.backend)
+        with set_forward_context(context):
+            hidden = self.model(inputs.input_ids, inputs.positions)
+        self._prompt_logprobs(output, requests, inputs, hidden, result)
+        self._sample(output, requests, inputs, hidden, fork_children or {}, result)
+        return result
+
+    def _sample(
+        self,
+        output: SchedulerOutput,
+        requests: Mapping[str, Request],
+        inputs: ModelInputs,
+        hidden: torch.Tensor,
+        fork_children: Mapping[str, Sequence[Request]],
+        result: ModelOutput,
+    ) -> None:
+        rows: list[int] = []
+        row_requests: list[Request] = []
+        for i, sched in enumerate(output.scheduled):
+            if not sched.sample:
+                continue
+            request = requests[sched.request_id]
+            for member in (request, *fork_children.get(sched.request_id, ())):
+                rows.append(inputs.query_start[i + 1] - 1)
+                row_requests.append(member)
+        if not rows:
+            return
+        row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        logits = self.model.compute_logits(hidden.index_select(0, row_index))
+        batch = SamplingBatch.build(
+            params=[r.sampling_params for r in row_requests],
+            output_token_ids=[r.output_token_ids for r in row_requests],
+            prompt_token_ids=[r.prompt_token_ids for r in row_requests],
+            generators=[self._generator(r) for r in row_requests],
+            banned_token_ids=[_banned_tokens(r) for r in row_requests],
+            device=self.device,
+            vocab_size=self.vocab_size,
+        )
+        sampled = self.sampler(logits, batch)
+        token_ids = sampled.token_ids.tolist()  # the step's one host sync
+        for j, request in enumerate(row_requests):
+            result.sampled[request.request_id] = token_ids[j]
+            if sampled.logprobs is not None and request.sampling_params.logprobs is not None:
+                result.logprobs[request.request_id] = sampled.logprobs[j]
+            if sampled.sampled_logprobs is not None:
+                result.sampled_logprob[request.request_id] = sampled.sampled_logprobs[j]
+
+    def _prompt_logprobs(
+        self,
+        output: SchedulerOutput,
+        requests: Mapping[str, Request],
+        inputs: ModelInputs,
+        hidden: torch.Tensor,
+        result: ModelOutput,
+    ) -> None:
+        """Logprobs of each prompt token given the ones before it (vLLM's prompt_logprobs)."""
+        for i, sched in enumerate(output.scheduled):
+            request = requests[sched.request_id]
+            k = request.sampling_params.prompt_logprobs
+            start = sched.start_position
+            if k is None or start >= request.num_prompt_tokens or request.num_output_tokens:
+                continue
+            # row j predicts token start + j + 1; keep only rows whose target is a prompt token
+            end = min(start + len(sched.token_ids), request.num_prompt_tokens - 1)
+            if end <= start:
+                continue
+            lo = inputs.query_start[i]
+            logits = self.model.compute_logits(hidden[lo : lo + end - start])
+            targets = torch.tensor(
+                request.prompt_token_ids[start + 1 : end + 1], dtype=torch.long, device=self.device
+            )
+            result.prompt_logprobs[request.request_id] = compute_prompt_logprobs(
+                logits, targets, k
+            )
+
+    def _generator(self, request: Request) -> torch.Generator | None:
+        seed = request.sampling_params.seed
+        if seed is None:
+            return None
+        generator = self._generators.get(request.request_id)
+        if generator is None:
+            # each of the n samples of a seeded request gets its own stream
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(seed + request.sample_index)
+            self._generators[request.request_id] = generator
+        return generator
+
+    def release(self, request_ids: Sequence[str]) -> None:
+        """Forget per-request state (seeded generators) of finished requests."""
+        for request_id in request_ids:
+            self._generators.pop(request_id, None)
+
+
+def _banned_tokens(request: Request) -> list[int]:
+    """Before min_tokens, EOS and stop token ids may not be sampled."""
+    params = request.sampling_params
+    if request.num_output_tokens >= params.min_tokens:
+        return []
+    banned = list(params.stop_token_ids)
+    if not params.ignore_eos:
+        banned.extend(request.eos_token_ids)
+    return banned
+
+
+def _dtype(config: EngineConfig) -> torch.dtype:
+    return getattr(torch, config.cache.cache_dtype)

@@ -1,0 +1,156 @@
+"""Shared fakes for the core tests: a fake model runner over a simulated paged KV store.
+
+The runner writes each scheduled token id into its physical slot, applies swaps and copies in
+the documented order, reads every request's whole prefix back through its block table (so a
+wrong table, a bad prefix hit or a missed copy-on-write shows up as a wrong read), and samples
+a token that depends only on the sequence, so outputs are comparable across schedules.
+"""
+
+from __future__ import annotations
+
+from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
+from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.request import Request
+from pagedllm.core.scheduler import Scheduler, SchedulerOutput
+from pagedllm.sampling_params import SamplingParams
+
+EOS = 0
+
+
+def next_token(seq: list[int]) -> int:
+    """Deterministic 'model': the next token from the sequence so far (never EOS by itself)."""
+    return (sum((i + 1) * t for i, t in enumerate(seq[-8:])) * 31 + len(seq)) % 97 + 1
+
+
+def make_request(rid: str, prompt: list[int], max_tokens: int = 8, **params) -> Request:
+    return Request(
+        rid,
+        list(prompt),
+        SamplingParams(max_tokens=max_tokens, **params),
+        eos_token_ids=frozenset({EOS}),
+        max_tokens=max_tokens,
+    )
+
+
+def make_scheduler(
+    num_blocks: int,
+    block_size: int = 4,
+    max_num_seqs: int = 8,
+    max_num_batched_tokens: int = 64,
+    max_model_len: int = 64,
+    chunked: bool = True,
+    caching: bool = True,
+    mode: PreemptionMode = PreemptionMode.RECOMPUTE,
+    num_cpu_blocks: int = 0,
+    watermark: float = 0.01,
+) -> Scheduler:
+    return Scheduler(
+        SchedulerConfig(
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            max_model_len=max_model_len,
+            enable_chunked_prefill=chunked,
+            preemption_mode=mode,
+        ),
+        CacheConfig(block_size=block_size, enable_prefix_caching=caching, watermark=watermark),
+        num_gpu_blocks=num_blocks,
+        num_cpu_blocks=num_cpu_blocks,
+    )
+
+
+def check_pool(kv: KVCacheManager) -> None:
+    """Every block's ref_cnt equals the table entries naming it; free blocks are exactly ref 0."""
+    counts = [0] * kv.num_blocks
+    for table in kv._tables.values():
+        for block in table.blocks:
+            counts[block.block_id] += 1
+    for block in kv.pool.blocks:
+        assert block.ref_cnt >= 0
+        assert block.ref_cnt == counts[block.block_id], block
+    free = sorted(kv.pool.free_queue_ids())
+    assert free == [b.block_id for b in kv.pool.blocks if b.ref_cnt == 0]
+    assert kv.num_free_blocks == len(free)
+
+
+class FakeRunner:
+    """Executes a SchedulerOutput against a dict of slots; checks every write and read."""
+
+    def __init__(self, block_size: int) -> None:
+        self.bs = block_size
+        self.kv: dict[int, int] = {}
+        self.cpu: dict[int, int] = {}
+
+    def _copy(self, src: dict[int, int], s: int, dst: dict[int, int], d: int) -> None:
+        for o in range(self.bs):
+            value = src.get(s * self.bs + o)
+            if value is not None:
+                dst[d * self.bs + o] = value
+            else:
+                dst.pop(d * self.bs + o, None)
+
+    def slot(self, table: list[int], pos: int) -> int:
+        return table[pos // self.bs] * self.bs + pos % self.bs
+
+    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, int]:
+        for dev, cpu in out.blocks_to_swap_out:
+            self._copy(self.kv, dev, self.cpu, cpu)
+        for src, dst in out.blocks_to_copy:
+            self._copy(self.kv, src, self.kv, dst)
+        for cpu, dev in out.blocks_to_swap_in:
+            self._copy(self.cpu, cpu, self.kv, dev)
+        pool = sched.kv_manager.pool
+        written: set[int] = set()
+        for sr in out.scheduled:
+            for k, tok in enumerate(sr.token_ids):
+                pos = sr.start_position + k
+                slot = self.slot(sr.block_table, pos)
+                assert slot not in written, "two tokens written into one slot"
+                written.add(slot)
+                block = pool.blocks[sr.block_table[pos // self.bs]]
+                if block.ref_cnt != 1:
+                    # only a full block registered this step (same-step prefix hit) may be
+                    # shared while written, and then only with exactly its own tokens
+                    assert block.block_hash is not None, "write into a shared partial block"
+                    assert block.block_hash.token_ids[pos % self.bs] == tok
+                self.kv[slot] = tok
+        sampled = {}
+        for sr in out.scheduled:
+            end = sr.start_position + len(sr.token_ids)
+            seq = [self.kv.get(self.slot(sr.block_table, p)) for p in range(end)]
+            req = sched.get_request(sr.request_id)
+            assert seq == req.all_token_ids[:end], f"wrong KV read for {sr.request_id}"
+            if sr.sample:
+                sampled[sr.request_id] = next_token(seq)
+        return sampled
+
+
+def run(sched: Scheduler, runner: FakeRunner, max_steps: int = 1000) -> dict[str, Request]:
+    """Step until idle, checking budgets and pool invariants; returns finished requests."""
+    finished: dict[str, Request] = {}
+    for _ in range(max_steps):
+        if not sched.has_unfinished_requests():
+            return finished
+        out = sched.schedule()
+        check_step(sched, out)
+        sampled = runner.execute(out, sched)
+        for req in sched.update_from_output(out, sampled):
+            if req.is_finished:
+                finished[req.request_id] = req
+        check_pool(sched.kv_manager)
+    raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+def check_step(sched: Scheduler, out: SchedulerOutput) -> None:
+    cfg = sched.config
+    assert out.num_batched_tokens == sum(len(s.token_ids) for s in out.scheduled)
+    assert out.num_batched_tokens <= cfg.max_num_batched_tokens
+    assert len(out.scheduled) <= cfg.max_num_seqs
+    assert len({s.request_id for s in out.scheduled}) == len(out.scheduled)
+    decode = [len(s.token_ids) == 1 and s.start_position > 0 and s.sample for s in out.scheduled]
+    assert decode == sorted(decode, reverse=True), "decodes must come first"
+    assert sum(decode) == out.num_decodes
+    bs = sched.block_size
+    for s in out.scheduled:
+        assert len(s.token_ids) >= 1
+        assert len(s.block_table) * bs >= s.start_position + len(s.token_ids)
+    check_pool(sched.kv_manager)
