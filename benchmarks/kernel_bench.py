@@ -21,6 +21,7 @@ Timing: CUDA events around each call after warm-up, L2 flushed before each call,
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -223,7 +224,11 @@ def decode_problem(batch: int, lens: list[int], block_size: int, device: torch.d
 
 def bench_decode(device: torch.device, smoke: bool, iters: int) -> None:
     batch, ctx = (4, 256) if smoke else (64, 2048)
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 1
+    )
     res: dict[str, Any] = {"batch": batch, "ctx": ctx, "num_sms": sms, "rows": []}
     RESULTS["k1_decode"] = res
     splits = default_num_splits(batch, 8, ctx, sms)
@@ -292,7 +297,11 @@ def _bench_sdpa_baselines(res, cache, tables, q, batch, ctx, gb, iters, device) 
 
 def sweep_decode(device: torch.device, smoke: bool, iters: int) -> None:
     """Tile configs at K1 (block size 16), then split counts for two shapes."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 1
+    sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 1
+    )
     res: dict[str, Any] = {"configs": [], "splits": []}
     RESULTS["decode_sweep"] = res
     batch, ctx = (4, 256) if smoke else (64, 2048)
@@ -305,7 +314,9 @@ def sweep_decode(device: torch.device, smoke: bool, iters: int) -> None:
                 q, cache, tables, seq_lens, 128**-0.5, 1, out=out, block_n=bn, num_warps=w,
                 num_stages=s,
             )  # fmt: skip
-            r = row(f"decode cfg block_n={bn} warps={w} stages={s}", timed(fn, iters, 3, device), gb)
+            r = row(
+                f"decode cfg block_n={bn} warps={w} stages={s}", timed(fn, iters, 3, device), gb
+            )
             res["configs"].append({**r, "block_n": bn, "num_warps": w, "num_stages": s})
         except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory
             print(f"config {bn}/{w}/{s} failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
@@ -315,8 +326,8 @@ def sweep_decode(device: torch.device, smoke: bool, iters: int) -> None:
         out = torch.empty_like(q)
         pick = default_num_splits(batch, 8, ctx, sms)
         for splits in (1, 2, 4, 8, 16):
-            fn = lambda sp=splits: paged_decode_attention(  # noqa: E731
-                q, cache, tables, seq_lens, 128**-0.5, sp, out=out
+            fn = functools.partial(
+                paged_decode_attention, q, cache, tables, seq_lens, 128**-0.5, splits, out=out
             )
             r = row(f"decode B={batch} ctx={ctx} splits={splits}", timed(fn, iters, 3, device), gb,
                     "  <- heuristic" if splits == pick else "")  # fmt: skip
@@ -438,7 +449,9 @@ def main() -> int:
     k1 = RESULTS.get("k1_decode", {}).get("rows", [])
     if copy and k1:
         best = max(k1, key=lambda r: r["tbps"])
-        print(f"K1 best: {best['label']} {best['tbps']:.3f} TB/s = {best['tbps'] / copy:.0%} of copy")
+        print(
+            f"K1 best: {best['label']} {best['tbps']:.3f} TB/s = {best['tbps'] / copy:.0%} of copy"
+        )
     print(f"errors in: {sorted(RESULTS.get('errors', {})) or 'none'}; JSON -> {args.out}")
     return 0
 

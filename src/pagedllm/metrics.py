@@ -15,12 +15,70 @@ from typing import Any
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # Bucket upper bounds in seconds; chosen to cover a fast GPU (ms) and a slow CPU (s).
-TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0,
-                7.5, 10.0, 20.0, 40.0, 80.0)
-ITL_BUCKETS = (0.001, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
-               0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
-E2E_BUCKETS = (0.05, 0.1, 0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0,
-               50.0, 60.0, 120.0, 240.0)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+ITL_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+)
+E2E_BUCKETS = (
+    0.05,
+    0.1,
+    0.3,
+    0.5,
+    0.8,
+    1.0,
+    1.5,
+    2.0,
+    2.5,
+    5.0,
+    10.0,
+    15.0,
+    20.0,
+    30.0,
+    40.0,
+    50.0,
+    60.0,
+    120.0,
+    240.0,
+)
 
 
 class Histogram:
@@ -111,29 +169,73 @@ def _engine_series(stats: Any | None) -> list[tuple[str, str, str, float]]:
     queries = get("prefix_cache_queries")
     hits = get("prefix_cache_hits")
     return [
-        ("pagedllm:num_requests_running", "gauge", "Requests in the running batch.",
-         get("num_running")),
-        ("pagedllm:num_requests_waiting", "gauge", "Requests waiting to be scheduled.",
-         get("num_waiting")),
-        ("pagedllm:num_requests_swapped", "gauge", "Requests swapped out to CPU.",
-         get("num_swapped")),
-        ("pagedllm:kv_cache_blocks_used", "gauge", "KV cache blocks in use.",
-         get("kv_blocks_used")),
-        ("pagedllm:kv_cache_blocks_total", "gauge", "KV cache blocks in the pool.",
-         get("kv_blocks_total")),
-        ("pagedllm:kv_cache_usage_perc", "gauge", "Fraction of KV cache blocks in use (0-1).",
-         get("kv_usage")),
-        ("pagedllm:prefix_cache_queries_total", "counter", "Prefix-cache lookups (blocks).",
-         queries),
+        (
+            "pagedllm:num_requests_running",
+            "gauge",
+            "Requests in the running batch.",
+            get("num_running"),
+        ),
+        (
+            "pagedllm:num_requests_waiting",
+            "gauge",
+            "Requests waiting to be scheduled.",
+            get("num_waiting"),
+        ),
+        (
+            "pagedllm:num_requests_swapped",
+            "gauge",
+            "Requests swapped out to CPU.",
+            get("num_swapped"),
+        ),
+        (
+            "pagedllm:kv_cache_blocks_used",
+            "gauge",
+            "KV cache blocks in use.",
+            get("kv_blocks_used"),
+        ),
+        (
+            "pagedllm:kv_cache_blocks_total",
+            "gauge",
+            "KV cache blocks in the pool.",
+            get("kv_blocks_total"),
+        ),
+        (
+            "pagedllm:kv_cache_usage_perc",
+            "gauge",
+            "Fraction of KV cache blocks in use (0-1).",
+            get("kv_usage"),
+        ),
+        (
+            "pagedllm:prefix_cache_queries_total",
+            "counter",
+            "Prefix-cache lookups (blocks).",
+            queries,
+        ),
         ("pagedllm:prefix_cache_hits_total", "counter", "Prefix-cache hits (blocks).", hits),
-        ("pagedllm:prefix_cache_hit_rate", "gauge", "Prefix-cache hits / queries.",
-         hits / queries if queries else 0.0),
-        ("pagedllm:num_preemptions_total", "counter", "Preemptions since start.",
-         get("num_preemptions")),
-        ("pagedllm:prompt_tokens_total", "counter", "Prompt tokens processed.",
-         get("prompt_tokens_total")),
-        ("pagedllm:generation_tokens_total", "counter", "Tokens generated.",
-         get("generation_tokens_total")),
+        (
+            "pagedllm:prefix_cache_hit_rate",
+            "gauge",
+            "Prefix-cache hits / queries.",
+            hits / queries if queries else 0.0,
+        ),
+        (
+            "pagedllm:num_preemptions_total",
+            "counter",
+            "Preemptions since start.",
+            get("num_preemptions"),
+        ),
+        (
+            "pagedllm:prompt_tokens_total",
+            "counter",
+            "Prompt tokens processed.",
+            get("prompt_tokens_total"),
+        ),
+        (
+            "pagedllm:generation_tokens_total",
+            "counter",
+            "Tokens generated.",
+            get("generation_tokens_total"),
+        ),
     ]
 
 

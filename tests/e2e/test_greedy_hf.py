@@ -6,7 +6,7 @@ import pytest
 
 from pagedllm import LLM, SamplingParams
 
-from .conftest import MAX_NEW, assert_all_blocks_free, hf_greedy
+from e2e_utils import MAX_NEW, assert_all_blocks_free, hf_greedy
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_NEW)
 

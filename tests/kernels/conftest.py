@@ -14,7 +14,10 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-pytest.importorskip("triton", reason="triton is not installed (pip install triton)")
+try:
+    import triton  # noqa: F401  (after TRITON_INTERPRET is set)
+except ImportError:  # the kernel tests cannot run at all: do not collect them
+    collect_ignore_glob = ["test_*.py"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -50,9 +50,12 @@ def make_paged_case(
         block_tables[i, : len(ids)] = torch.tensor(ids, dtype=torch.int32)
         k = torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype)
         v = torch.randn(n, num_kv_heads, head_dim, generator=gen).to(dtype)
-        for t in range(n):
-            kv_cache[0, ids[t // block_size], t % block_size] = k[t]
-            kv_cache[1, ids[t // block_size], t % block_size] = v[t]
+        pos = torch.arange(n)
+        slots = torch.tensor(ids, dtype=torch.int64)[pos // block_size] * block_size
+        slots += pos % block_size
+        flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
+        flat[0, slots] = k
+        flat[1, slots] = v
         keys.append(k.to(device))
         values.append(v.to(device))
     return PagedCase(

@@ -44,8 +44,9 @@ def engine_config():
     return EngineConfig(
         model=ModelSpec(device="cpu"),
         cache=CacheConfig(kv_cache_memory=256 << 20),
-        scheduler=SchedulerConfig(max_model_len=MAX_MODEL_LEN, max_num_seqs=64,
-                                  max_num_batched_tokens=2048),
+        scheduler=SchedulerConfig(
+            max_model_len=MAX_MODEL_LEN, max_num_seqs=64, max_num_batched_tokens=2048
+        ),
     ).validate()
 
 
@@ -57,8 +58,13 @@ def server() -> Iterator[ServerHandle]:
     from pagedllm.entrypoints.openai.server import build_app
 
     engine = AsyncLLMEngine.from_config(engine_config())
-    app = build_app(engine, api_key=API_KEY, served_model_names=[MODEL], max_body_bytes=MAX_BODY,
-                    drain_timeout=5.0)
+    app = build_app(
+        engine,
+        api_key=API_KEY,
+        served_model_names=[MODEL],
+        max_body_bytes=MAX_BODY,
+        drain_timeout=5.0,
+    )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -79,8 +85,9 @@ def server() -> Iterator[ServerHandle]:
 def client(server: ServerHandle):
     """The official OpenAI client pointed at the test server."""
     openai = pytest.importorskip("openai")
-    return openai.OpenAI(base_url=server.base_url + "/v1", api_key=server.api_key, max_retries=0,
-                         timeout=120)
+    return openai.OpenAI(
+        base_url=server.base_url + "/v1", api_key=server.api_key, max_retries=0, timeout=120
+    )
 
 
 @pytest.fixture(scope="session")
@@ -104,9 +111,11 @@ def wait_idle(http, timeout: float = 20.0) -> dict[str, float]:
     deadline = time.monotonic() + timeout
     while True:
         values = metrics_values(http)
-        idle = (values["pagedllm:num_requests_running"] == 0
-                and values["pagedllm:num_requests_waiting"] == 0
-                and values["pagedllm:kv_cache_usage_perc"] == 0)
+        idle = (
+            values["pagedllm:num_requests_running"] == 0
+            and values["pagedllm:num_requests_waiting"] == 0
+            and values["pagedllm:kv_cache_usage_perc"] == 0
+        )
         if idle or time.monotonic() > deadline:
             return values
         time.sleep(0.1)

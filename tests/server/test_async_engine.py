@@ -61,9 +61,14 @@ class ScriptedEngine:
         for rid, tokens in list(self.live.items()):
             tokens.append(len(tokens))
             done = len(tokens) >= self.limits[rid]
-            comp = CompletionOutput(index=0, text="x" * len(tokens), token_ids=list(tokens),
-                                    finish_reason="length" if done else None, delta_text="x",
-                                    delta_token_ids=[tokens[-1]])
+            comp = CompletionOutput(
+                index=0,
+                text="x" * len(tokens),
+                token_ids=list(tokens),
+                finish_reason="length" if done else None,
+                delta_text="x",
+                delta_token_ids=[tokens[-1]],
+            )
             outputs.append(RequestOutput(rid, "p", [1], [comp], finished=done))
             if done:
                 del self.live[rid]

@@ -20,8 +20,11 @@ def _assert_error(resp: httpx.Response, status: int, *needles: str) -> dict:
 
 
 def test_malformed_json_is_400(http) -> None:
-    resp = http.post("/v1/completions", content=b'{"model": "smol", "prompt": ',
-                     headers={"content-type": "application/json"})
+    resp = http.post(
+        "/v1/completions",
+        content=b'{"model": "smol", "prompt": ',
+        headers={"content-type": "application/json"},
+    )
     _assert_error(resp, 400, "JSON")
 
 
@@ -33,10 +36,16 @@ def test_malformed_json_is_400(http) -> None:
         ("/v1/completions", {"model": MODEL, "prompt": {"a": 1}}, "prompt"),
         ("/v1/chat/completions", {"model": MODEL, "messages": "hi"}, "messages"),
         ("/v1/chat/completions", {"model": MODEL, "messages": []}, "messages"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": [{"role": "wizard",
-                                                                "content": "x"}]}, "role"),
-        ("/v1/chat/completions", {"model": MODEL, "messages": CHAT, "temperature": "hot"},
-         "temperature"),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": [{"role": "wizard", "content": "x"}]},
+            "role",
+        ),
+        (
+            "/v1/chat/completions",
+            {"model": MODEL, "messages": CHAT, "temperature": "hot"},
+            "temperature",
+        ),
     ],
 )
 def test_wrong_types_are_400_not_422(http, path: str, body: dict, needle: str) -> None:
@@ -45,8 +54,17 @@ def test_wrong_types_are_400_not_422(http, path: str, body: dict, needle: str) -
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("temperature", -1), ("top_p", 1.5), ("n", 0), ("max_tokens", 0), ("logprobs", 50),
-     ("presence_penalty", 3), ("top_k", -5), ("min_p", 2), ("repetition_penalty", 0)],
+    [
+        ("temperature", -1),
+        ("top_p", 1.5),
+        ("n", 0),
+        ("max_tokens", 0),
+        ("logprobs", 50),
+        ("presence_penalty", 3),
+        ("top_k", -5),
+        ("min_p", 2),
+        ("repetition_penalty", 0),
+    ],
 )
 def test_bad_sampling_values_are_400_with_the_field_named(http, field: str, value) -> None:
     body = {"model": MODEL, "prompt": "hi", field: value}
@@ -96,8 +114,9 @@ def test_body_size_limit_is_413(http, server) -> None:
             yield b"a" * (limit // 10)
         yield b'"}'
 
-    resp = http.post("/v1/completions", content=chunks(),
-                     headers={"content-type": "application/json"})
+    resp = http.post(
+        "/v1/completions", content=chunks(), headers={"content-type": "application/json"}
+    )
     _assert_error(resp, 413)
 
 
@@ -109,7 +128,9 @@ def test_server_healthy_after_bad_requests(http) -> None:
     for _ in range(3):
         http.post("/v1/completions", json={"model": MODEL, "prompt": "hi", "temperature": -1})
     assert http.get("/health").status_code == 200
-    resp = http.post("/v1/completions",
-                     json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0})
+    resp = http.post(
+        "/v1/completions",
+        json={"model": MODEL, "prompt": "Hello", "max_tokens": 3, "temperature": 0},
+    )
     assert resp.status_code == 200
     assert resp.json()["choices"][0]["text"]

@@ -29,20 +29,22 @@ async def _one(client: httpx.AsyncClient, i: int) -> tuple[str, list[dict]]:
             if not line:
                 continue
             assert line.startswith("data: "), line
-            data = line[len("data: "):]
+            data = line[len("data: ") :]
             if data == "[DONE]":
                 return "done", chunks
             chunks.append(json.loads(data))
-            if i % DROP_EVERY == 0 and any(c["choices"][0]["delta"].get("content")
-                                           for c in chunks if c["choices"]):
+            if i % DROP_EVERY == 0 and any(
+                c["choices"][0]["delta"].get("content") for c in chunks if c["choices"]
+            ):
                 return "dropped", chunks  # leaving the block closes the connection
     return "no-done", chunks
 
 
 async def _run_all(base_url: str, headers: dict) -> list[tuple[str, list[dict]]]:
     limits = httpx.Limits(max_connections=N_REQUESTS)
-    async with httpx.AsyncClient(base_url=base_url, headers=headers, timeout=180,
-                                 limits=limits) as client:
+    async with httpx.AsyncClient(
+        base_url=base_url, headers=headers, timeout=180, limits=limits
+    ) as client:
         return await asyncio.gather(*(_one(client, i) for i in range(N_REQUESTS)))
 
 
@@ -66,8 +68,14 @@ def test_64_concurrent_streams_with_drops(server, idle) -> None:
 
 
 def test_disconnect_frees_the_request_within_a_step(server, idle) -> None:
-    body = {"model": MODEL, "prompt": "Once upon a time", "max_tokens": 480, "temperature": 0,
-            "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL,
+        "prompt": "Once upon a time",
+        "max_tokens": 480,
+        "temperature": 0,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=60) as c:
         with c.stream("POST", "/v1/completions", json=body) as resp:
             seen = 0

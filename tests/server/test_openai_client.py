@@ -51,7 +51,11 @@ def test_streamed_chat_equals_non_streamed_with_usage(client) -> None:
     assert full.choices[0].message.role == "assistant"
     assert full.choices[0].message.content
     stream = client.chat.completions.create(
-        model=MODEL, messages=CHAT, max_tokens=12, temperature=0, stream=True,
+        model=MODEL,
+        messages=CHAT,
+        max_tokens=12,
+        temperature=0,
+        stream=True,
         stream_options={"include_usage": True},
     )
     chunks = list(stream)
@@ -64,8 +68,15 @@ def test_streamed_chat_equals_non_streamed_with_usage(client) -> None:
 
 
 def test_chat_content_parts_equal_plain_string(client) -> None:
-    parts = [{"role": "user", "content": [{"type": "text", "text": "Name three "},
-                                          {"type": "text", "text": "colors."}]}]
+    parts = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Name three "},
+                {"type": "text", "text": "colors."},
+            ],
+        }
+    ]
     a = client.chat.completions.create(model=MODEL, messages=CHAT, max_tokens=6, temperature=0)
     b = client.chat.completions.create(model=MODEL, messages=parts, max_tokens=6, temperature=0)
     assert a.choices[0].message.content == b.choices[0].message.content
@@ -89,8 +100,10 @@ def test_n2_completion_and_chat(client) -> None:
 
 def test_seed_makes_sampling_reproducible(client) -> None:
     kwargs = dict(model=MODEL, prompt=PROMPT, max_tokens=8, temperature=1.0, seed=1234)
-    assert (client.completions.create(**kwargs).choices[0].text
-            == client.completions.create(**kwargs).choices[0].text)
+    assert (
+        client.completions.create(**kwargs).choices[0].text
+        == client.completions.create(**kwargs).choices[0].text
+    )
 
 
 def test_completion_logprobs_legacy_shape(client) -> None:
@@ -133,8 +146,9 @@ def test_stop_string_cuts_the_text(client) -> None:
         resp = client.completions.create(
             model=MODEL, prompt=PROMPT, max_tokens=12, temperature=0, stop=[stop], stream=stream
         )
-        got, finish = _stream_text(resp) if stream else (resp.choices[0].text,
-                                                          resp.choices[0].finish_reason)
+        got, finish = (
+            _stream_text(resp) if stream else (resp.choices[0].text, resp.choices[0].finish_reason)
+        )
         assert got == expected
         assert finish == "stop"
 

@@ -21,11 +21,26 @@ SRC = Path(__file__).resolve().parents[2] / "src"
 def _start_server() -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.pop("PAGEDLLM_API_KEY", None)
-    cmd = [sys.executable, "-m", "pagedllm.entrypoints.openai.server", "--port", "0",
-           "--device", "cpu", "--max-model-len", "256", "--kv-cache-memory", str(64 << 20),
-           "--log-level", "warning", "--shutdown-timeout", "20"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pagedllm.entrypoints.openai.server",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        "--max-model-len",
+        "256",
+        "--kv-cache-memory",
+        str(64 << 20),
+        "--log-level",
+        "warning",
+        "--shutdown-timeout",
+        "20",
+    ]
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     deadline = time.monotonic() + 120
     for line in proc.stdout:
         match = re.search(r"on (http://\S+)", line)
@@ -53,8 +68,13 @@ def _start_server() -> tuple[subprocess.Popen, str]:
 def test_sigterm_finishes_in_flight_request_and_exits_0() -> None:
     proc, base = _start_server()
     try:
-        body = {"prompt": "Hello, my name is", "max_tokens": 24, "temperature": 0,
-                "ignore_eos": True, "stream": True}
+        body = {
+            "prompt": "Hello, my name is",
+            "max_tokens": 24,
+            "temperature": 0,
+            "ignore_eos": True,
+            "stream": True,
+        }
         lines: list[str] = []
         with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as resp:
             for line in resp.iter_lines():

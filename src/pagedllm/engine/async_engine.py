@@ -276,7 +276,9 @@ class AsyncLLMEngine:
             try:
                 outputs = self.engine.step()
             except Exception as exc:  # noqa: BLE001 - a failing step must not end serving
-                logger.exception("engine step failed; failing %d in-flight requests", len(in_flight))
+                logger.exception(
+                    "engine step failed; failing %d in-flight requests", len(in_flight)
+                )
                 self._fail_all(in_flight, exc)
                 continue
             for out in outputs:

@@ -123,9 +123,7 @@ def _decode_split_kernel(
         idx = (seq * NUM_HEADS + heads) * NUM_SPLITS + split
         tl.store(part_m_ptr + idx, m_i, mask=gmask)
         tl.store(part_l_ptr + idx, l_i, mask=gmask)
-        tl.store(
-            part_out_ptr + idx[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=gmask[:, None]
-        )
+        tl.store(part_out_ptr + idx[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=gmask[:, None])
 
 
 @triton.jit
@@ -162,7 +160,9 @@ def _decode_reduce_kernel(
         other=0.0,
     )
     out = tl.sum(o * w[:, None], 0) / denom
-    tl.store(out_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty))
+    tl.store(
+        out_ptr + seq * stride_ot + head * stride_oh + offs_d, out.to(out_ptr.dtype.element_ty)
+    )
 
 
 def default_num_splits(

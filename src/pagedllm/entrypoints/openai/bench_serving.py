@@ -20,8 +20,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-_WORDS = ("the quick brown fox jumps over a lazy dog while paged attention keeps every block "
-          "of the cache busy serving many requests at once on one small machine").split()
+_WORDS = (
+    "the quick brown fox jumps over a lazy dog while paged attention keeps every block "
+    "of the cache busy serving many requests at once on one small machine"
+).split()
 
 
 @dataclass(slots=True)
@@ -36,16 +38,23 @@ class RequestResult:
 
 def add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``pagedllm bench serve``."""
-    parser.add_argument("--base-url", default="http://127.0.0.1:8000",
-                        help="server root (without /v1)")
+    parser.add_argument(
+        "--base-url", default="http://127.0.0.1:8000", help="server root (without /v1)"
+    )
     parser.add_argument("--api-key", default=None)
     parser.add_argument("--model", default=None, help="model name (default: the server's first)")
-    parser.add_argument("--concurrency", default="1,4,16",
-                        help="comma-separated concurrency levels")
-    parser.add_argument("--num-prompts", type=int, default=None,
-                        help="requests per level (default: max(8, 2 x concurrency))")
-    parser.add_argument("--input-len", default="32,256",
-                        help="prompt length range in words, 'lo,hi'")
+    parser.add_argument(
+        "--concurrency", default="1,4,16", help="comma-separated concurrency levels"
+    )
+    parser.add_argument(
+        "--num-prompts",
+        type=int,
+        default=None,
+        help="requests per level (default: max(8, 2 x concurrency))",
+    )
+    parser.add_argument(
+        "--input-len", default="32,256", help="prompt length range in words, 'lo,hi'"
+    )
     parser.add_argument("--max-tokens", type=int, default=32, help="output tokens per request")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=600.0)
@@ -99,13 +108,20 @@ async def _level(args: argparse.Namespace, model: str, concurrency: int) -> dict
     headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
     limits = httpx.Limits(max_connections=concurrency + 2)
     gate = asyncio.Semaphore(concurrency)
-    async with httpx.AsyncClient(base_url=args.base_url, headers=headers, limits=limits,
-                                 timeout=args.timeout) as client:
+    async with httpx.AsyncClient(
+        base_url=args.base_url, headers=headers, limits=limits, timeout=args.timeout
+    ) as client:
 
         async def run(prompt: str) -> RequestResult:
-            body = {"model": model, "prompt": prompt, "max_tokens": args.max_tokens,
-                    "temperature": 0, "ignore_eos": True, "stream": True,
-                    "stream_options": {"include_usage": True}}
+            body = {
+                "model": model,
+                "prompt": prompt,
+                "max_tokens": args.max_tokens,
+                "temperature": 0,
+                "ignore_eos": True,
+                "stream": True,
+                "stream_options": {"include_usage": True},
+            }
             async with gate:
                 return await _one(client, "/v1/completions", body)
 
@@ -148,8 +164,12 @@ def _summarize(concurrency: int, results: list[RequestResult], duration: float) 
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = [("conc", "concurrency", "d"), ("ok", "completed", "d"), ("req/s", "request_throughput",
-            ".2f"), ("out tok/s", "output_tok_s", ".1f")]
+    cols = [
+        ("conc", "concurrency", "d"),
+        ("ok", "completed", "d"),
+        ("req/s", "request_throughput", ".2f"),
+        ("out tok/s", "output_tok_s", ".1f"),
+    ]
     for name in ("ttft", "tpot", "itl"):
         cols += [(f"{name} p{q}", f"p{q}_{name}_ms", ".1f") for q in (50, 90, 99)]
     header = " | ".join(f"{c[0]:>10}" for c in cols)
@@ -180,8 +200,12 @@ def run_bench_serve(args: argparse.Namespace) -> int:
     rows = asyncio.run(_main(args))
     print(format_table(rows))
     if args.out:
-        meta = {"base_url": args.base_url, "max_tokens": args.max_tokens,
-                "input_len_words": args.input_len, "time": time.strftime("%Y-%m-%d %H:%M:%S")}
+        meta = {
+            "base_url": args.base_url,
+            "max_tokens": args.max_tokens,
+            "input_len_words": args.input_len,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         with open(args.out, "w") as f:
             json.dump({"config": meta, "results": rows}, f, indent=2)
     return 0 if all(r["failed"] == 0 for r in rows) else 1
@@ -195,6 +219,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
-
-
-__all__ = ["RequestResult", "add_bench_serve_args", "format_table", "run_bench_serve"]

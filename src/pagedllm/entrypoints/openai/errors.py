@@ -118,8 +118,13 @@ class GuardMiddleware:
             return
         if self.api_key and scope["path"].startswith(self.protected):
             if not self._authorized(scope):
-                await _send_json(send, 401, error_body(401, "invalid or missing API key: send "
-                                                             "'Authorization: Bearer <key>'"))
+                await _send_json(
+                    send,
+                    401,
+                    error_body(
+                        401, "invalid or missing API key: send 'Authorization: Bearer <key>'"
+                    ),
+                )
                 return
         length = _header(scope, b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:

@@ -52,8 +52,7 @@ def build_app(
     names = served_model_names or [async_engine.model_name]
     if async_engine.metrics is None:
         async_engine.metrics = ServerMetrics(names[0])
-    state = ServerState(engine=async_engine, served_model_names=names,
-                        metrics=async_engine.metrics)
+    state = ServerState(engine=async_engine, served_model_names=names, metrics=async_engine.metrics)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -79,8 +78,10 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        cards = [ModelCard(id=n, max_model_len=state.engine.max_model_len)
-                 for n in state.served_model_names]
+        cards = [
+            ModelCard(id=n, max_model_len=state.engine.max_model_len)
+            for n in state.served_model_names
+        ]
         return JSONResponse(ModelList(data=cards).model_dump())
 
     @app.post("/v1/completions")
@@ -100,7 +101,9 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
             ids = render_chat(state, body.messages, body.add_generation_prompt)
         else:
             ids = state.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
-        resp = TokenizeResponse(tokens=ids, count=len(ids), max_model_len=state.engine.max_model_len)
+        resp = TokenizeResponse(
+            tokens=ids, count=len(ids), max_model_len=state.engine.max_model_len
+        )
         return JSONResponse(resp.model_dump())
 
     @app.post("/detokenize")
@@ -109,9 +112,12 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         vocab = int(getattr(state.engine.engine, "vocab_size", 0) or 0)
         bad = [t for t in body.tokens if t < 0 or (vocab and t >= vocab)]
         if bad:
-            raise APIError(400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})",
-                           param="tokens")
-        return JSONResponse(DetokenizeResponse(prompt=state.tokenizer.decode(body.tokens)).model_dump())
+            raise APIError(
+                400, f"token ids {bad[:5]} are outside the vocabulary [0, {vocab})", param="tokens"
+            )
+        return JSONResponse(
+            DetokenizeResponse(prompt=state.tokenizer.decode(body.tokens)).model_dump()
+        )
 
     @app.get("/metrics")
     async def metrics() -> PlainTextResponse:
@@ -125,17 +131,30 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument(
-        "--api-key", default=None, help="require 'Authorization: Bearer KEY' (or env "
-        "PAGEDLLM_API_KEY)"
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (or env PAGEDLLM_API_KEY)",
     )
-    parser.add_argument("--max-request-body", type=int, default=DEFAULT_MAX_BODY_BYTES,
-                        help="largest accepted request body in bytes (default 4 MiB)")
-    parser.add_argument("--shutdown-timeout", type=float, default=30.0,
-                        help="seconds in-flight requests get to finish on SIGTERM")
-    parser.add_argument("--log-level", default="info",
-                        choices=["critical", "error", "warning", "info", "debug"])
-    parser.add_argument("--served-model-name", default=None,
-                        help="the model name the API reports and accepts (default: the file's)")
+    parser.add_argument(
+        "--max-request-body",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest accepted request body in bytes (default 4 MiB)",
+    )
+    parser.add_argument(
+        "--shutdown-timeout",
+        type=float,
+        default=30.0,
+        help="seconds in-flight requests get to finish on SIGTERM",
+    )
+    parser.add_argument(
+        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+    )
+    parser.add_argument(
+        "--served-model-name",
+        default=None,
+        help="the model name the API reports and accepts (default: the file's)",
+    )
     add_engine_args(parser)
 
 
@@ -143,8 +162,9 @@ def run_server(args: argparse.Namespace) -> int:
     """Load the model, serve until SIGTERM/SIGINT, drain, and return the exit code (0)."""
     import uvicorn
 
-    logging.basicConfig(level=args.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         config = engine_config_from_args(args)
     except (ValueError, TypeError) as exc:
@@ -153,8 +173,13 @@ def run_server(args: argparse.Namespace) -> int:
     api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
     async_engine = AsyncLLMEngine.from_config(config)
     names = [args.served_model_name] if args.served_model_name else None
-    app = build_app(async_engine, api_key=api_key, served_model_names=names,
-                    max_body_bytes=args.max_request_body, drain_timeout=args.shutdown_timeout)
+    app = build_app(
+        async_engine,
+        api_key=api_key,
+        served_model_names=names,
+        max_body_bytes=args.max_request_body,
+        drain_timeout=args.shutdown_timeout,
+    )
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((args.host, args.port))
@@ -169,8 +194,7 @@ def run_server(args: argparse.Namespace) -> int:
     # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
     # default handler would kill us with -15; a graceful drain is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda *_: None)
-    print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}",
-          flush=True)
+    print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}", flush=True)
     try:
         server.run(sockets=[sock])
     finally:

@@ -76,8 +76,10 @@ def build_params(request: Any, max_tokens: int | None) -> SamplingParams:
 
 
 async def submit(
-    state: ServerState, prompts: Sequence[tuple[str | None, list[int] | None]],
-    params: SamplingParams, request_id: str,
+    state: ServerState,
+    prompts: Sequence[tuple[str | None, list[int] | None]],
+    params: SamplingParams,
+    request_id: str,
 ) -> list[RequestStream]:
     """Queue one engine request per prompt; on any rejection abort the ones queued (400)."""
     streams: list[RequestStream] = []

@@ -66,8 +66,11 @@ def chat_logprobs(
         lp = logprobs[i] if logprobs is not None and i < len(logprobs) else {}
         token = state.token_string(tid)
         tops = [
-            TopLogprob(token=state.token_string(t), logprob=v, bytes=list(
-                state.token_string(t).encode("utf-8")))
+            TopLogprob(
+                token=state.token_string(t),
+                logprob=v,
+                bytes=list(state.token_string(t).encode("utf-8")),
+            )
             for t, v in top_logprobs(lp, k)
         ]
         content.append(
