@@ -94,7 +94,7 @@ def test_pure_decode_batch_uses_heuristic_splits(device: torch.device) -> None:
     query = torch.randn(len(lens), 4, 64, generator=torch.Generator().manual_seed(1)).to(device)
     slots = torch.full((len(lens),), -1, dtype=torch.int64, device=device)
     metadata = make_metadata(case, [1] * len(lens), len(lens), slots)
-    backend = TritonAttentionBackend(max_model_len=1024, num_sms=16)
+    backend = TritonAttentionBackend(max_num_seqs=8, max_model_len=1024, num_sms=16)
     assert backend.num_splits(len(lens), 1, metadata.max_seq_len, device) == 2
     out = backend.forward(query, case.kv_cache, metadata, 0.125)
     for i in range(len(lens)):

@@ -26,6 +26,8 @@ class TritonAttentionBackend(AttentionBackend):
     """Paged attention with Triton kernels.
 
     Args:
+        max_num_seqs: the most sequences in one batch (kept for the runner's sizing; split
+            partials are sized per call from static shapes, so nothing is preallocated).
         max_model_len: upper bound on any sequence's length; caps the context length used to
             choose the decode split count (optional: ``metadata.max_seq_len`` alone otherwise).
         num_sms: streaming multiprocessors to fill; read from the device when ``None``.
@@ -35,6 +37,7 @@ class TritonAttentionBackend(AttentionBackend):
 
     def __init__(
         self,
+        max_num_seqs: int | None = None,
         max_model_len: int | None = None,
         num_sms: int | None = None,
         max_splits: int = 16,
@@ -44,6 +47,7 @@ class TritonAttentionBackend(AttentionBackend):
             raise ValueError(f"max_splits must be >= 1, got {max_splits}")
         if decode_splits is not None and decode_splits < 1:
             raise ValueError(f"decode_splits must be >= 1 or None, got {decode_splits}")
+        self.max_num_seqs = max_num_seqs
         self.max_model_len = max_model_len
         self.num_sms = num_sms
         self.max_splits = max_splits
@@ -103,7 +107,9 @@ class TritonAttentionBackend(AttentionBackend):
             )
         if head_dim & (head_dim - 1) or head_dim < 16:
             raise ValueError(f"head_dim must be a power of two >= 16, got {head_dim}")
-        out = torch.empty_like(query)
+        if query.stride(-1) != 1:  # kernels load head rows as contiguous vectors
+            query = query.contiguous()
+        out = torch.empty(query.shape, dtype=query.dtype, device=query.device)
         num_decodes = metadata.num_decode_tokens
         if num_decodes > 0:
             splits = self.num_splits(num_decodes, num_kv_heads, metadata.max_seq_len, query.device)

@@ -11,6 +11,8 @@ One step (``schedule``):
 2. Allocate the planned slots in admission order. When the pool is dry, preempt the most
    recently admitted running request that has not been allocated this step (itself, at worst).
    So requests allocated this step are never preempted, and the oldest always progresses.
+   The victim is swapped out to CPU pages (mode SWAP; AUTO only when ``core/preemption.py``
+   estimates it cheaper) if the swap space has room for all its blocks, else freed (recompute).
 3. If nothing was preempted: swap in swapped requests (FCFS), then admit waiting ones (FCFS,
    stopping at the first that does not fit, so none is overtaken and starved).
 
@@ -27,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.preemption import PreemptionCosts
 from pagedllm.core.request import Request, RequestStatus
 
 
@@ -87,7 +90,13 @@ class Scheduler:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []  # admission order: the last is the newest
         self.swapped: deque[Request] = deque()
-        self.num_preemptions = 0
+        self.num_preemptions = 0  # swap-outs included
+        self.num_swap_outs = 0  # preemptions by swap; the rest recomputed
+        self.num_blocks_swapped_out = 0
+        self.num_blocks_swapped_in = 0
+        # AUTO's inputs: the engine fills the bandwidth, observe_step the prefill rate
+        self.preemption_costs = PreemptionCosts()
+        self._step_started: float | None = None
         self._finished_ids: list[str] = []
 
     # ---------------------------------------------------------------- queries
@@ -224,6 +233,7 @@ class Scheduler:
         out.num_decodes = len(step.decodes)
         out.scheduled = step.decodes + step.prefills
         out.num_batched_tokens = sum(len(s.token_ids) for s in out.scheduled)
+        self._step_started = time.perf_counter()  # execution time feeds AUTO's prefill rate
         return out
 
     def _plan_running(self, step: _Step) -> dict[str, int]:
@@ -276,8 +286,11 @@ class Scheduler:
         """Take a running request's blocks back: swap them out if allowed and room, else free."""
         self.running.remove(req)
         kv = self.kv_manager
-        if self.config.preemption_mode != PreemptionMode.RECOMPUTE and kv.can_swap_out(req):
-            step.out.blocks_to_swap_out.extend(kv.swap_out(req))
+        if self._should_swap(req):
+            pairs = kv.swap_out(req)
+            step.out.blocks_to_swap_out.extend(pairs)
+            self.num_swap_outs += 1
+            self.num_blocks_swapped_out += len(pairs)
             req.status = RequestStatus.SWAPPED
             self.swapped.append(req)
         else:
@@ -290,6 +303,16 @@ class Scheduler:
         self.num_preemptions += 1
         step.out.preempted_ids.append(req.request_id)
 
+    def _should_swap(self, req: Request) -> bool:
+        """SWAP: whenever the swap space has room; AUTO: also when estimated cheaper."""
+        mode = self.config.preemption_mode
+        if mode == PreemptionMode.RECOMPUTE or not self.kv_manager.can_swap_out(req):
+            return False  # a request larger than the free swap space falls back to recompute
+        if mode == PreemptionMode.SWAP:
+            return True
+        num_blocks = self.kv_manager.num_blocks_of(req.request_id)
+        return self.preemption_costs.prefer_swap(num_blocks, req.num_computed_tokens)
+
     def _swap_in(self, step: _Step) -> None:
         """Resume swapped requests FCFS while their pages fit above the watermark."""
         kv = self.kv_manager
@@ -298,7 +321,9 @@ class Scheduler:
             if not kv.can_swap_in(req, reserve_watermark=bool(self.running)):
                 return
             self.swapped.popleft()
-            step.out.blocks_to_swap_in.extend(kv.swap_in(req))
+            pairs = kv.swap_in(req)
+            step.out.blocks_to_swap_in.extend(pairs)
+            self.num_blocks_swapped_in += len(pairs)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             remaining = req.num_tokens - req.num_computed_tokens
@@ -361,6 +386,10 @@ class Scheduler:
         finished requests. Results of requests aborted since ``schedule`` are ignored; a
         missing token for a live sampling request raises ValueError.
         """
+        if self._step_started is not None:
+            seconds, self._step_started = time.perf_counter() - self._step_started, None
+            prefill = output.num_batched_tokens - output.num_decodes
+            self.preemption_costs.observe_step(prefill, output.num_batched_tokens, seconds)
         changed: list[Request] = []
         any_finished = False
         max_len = self.config.max_model_len

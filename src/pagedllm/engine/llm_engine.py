@@ -13,7 +13,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
@@ -65,6 +65,11 @@ class LLMEngine:
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, num_cpu_blocks)
+        if config.scheduler.preemption_mode == PreemptionMode.AUTO and num_cpu_blocks > 0:
+            # AUTO's swap-vs-recompute model needs the copy bandwidth (core/preemption.py)
+            costs = self.scheduler.preemption_costs
+            costs.bytes_per_block = self.runner.kv_spec.bytes_per_block
+            costs.swap_bytes_per_s = self.runner.cache.measure_swap_bandwidth()
         self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) if self.tokenizer else frozenset()
         self._groups: dict[str, RequestGroup] = {}
         self._group_of: dict[str, RequestGroup] = {}  # scheduler request id -> group

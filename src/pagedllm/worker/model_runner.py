@@ -21,6 +21,7 @@ from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logpr
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
+from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
 from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
 
@@ -48,7 +49,7 @@ class ModelRunner:
         self.dtype = resolve_dtype(config.model.dtype, source.hf_config, self.device)
         torch.manual_seed(config.model.seed)
         self.model = build_model(source.hf_config, self.dtype, self.device)
-        self.model.load_weights(source.weights())
+        self.model.load_weights(self._weights(source))
         self.model.eval()
         self.vocab_size = int(source.hf_config["vocab_size"])
         self.block_size = config.cache.block_size
@@ -63,17 +64,24 @@ class ModelRunner:
         self.backend = self._make_backend()
         self.sampler = Sampler()
         self.cache: CacheEngine | None = None
+        self.graphs: CudaGraphRunner | None = None
         self._generators: dict[str, torch.Generator] = {}
 
     # ----------------------------------------------------------------- set-up
+    def _weights(self, source: ModelSource):  # noqa: ANN202 - an iterator of (name, tensor)
+        """Checkpoint tensors; dummy weights are drawn on the device in the runtime dtype
+        (an 8B model's random weights would take minutes and 32 GB as float32 on the host)."""
+        if source.load_format == "dummy":
+            from pagedllm.loader.dummy import iter_dummy_weights
+
+            return iter_dummy_weights(source.hf_config, dtype=self.dtype, device=self.device)
+        return source.weights()
+
     def _make_backend(self) -> object:
         if self.device.type == "cuda":
             from pagedllm.attention.triton_backend import TritonAttentionBackend
 
-            return TritonAttentionBackend(
-                max_num_seqs=self.config.scheduler.max_num_seqs,
-                max_model_len=self.config.scheduler.max_model_len,
-            )
+            return TritonAttentionBackend(max_model_len=self.config.scheduler.max_model_len)
         from pagedllm.attention.torch_backend import TorchAttentionBackend
 
         return TorchAttentionBackend()
@@ -113,8 +121,20 @@ class ModelRunner:
         return max(budget, 0)
 
     def init_cache(self, num_blocks: int, num_cpu_blocks: int) -> None:
-        """Allocate the KV pages (after determine_num_blocks)."""
+        """Allocate the KV pages (after determine_num_blocks), then capture decode graphs."""
         self.cache = CacheEngine(self.kv_spec, num_blocks, num_cpu_blocks, self.device)
+        if self.device.type == "cuda" and not self.config.model.enforce_eager:
+            sched = self.config.scheduler
+            self.graphs = CudaGraphRunner(
+                self.model,
+                self.backend,
+                self.cache.kv_caches,
+                max_num_seqs=sched.max_num_seqs,
+                max_model_len=sched.max_model_len,
+                block_size=self.block_size,
+                device=self.device,
+            )
+            self.graphs.capture()
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
@@ -139,12 +159,22 @@ class ModelRunner:
         if not output.scheduled:
             return result
         inputs = prepare_inputs(output, self.block_size, self.device)
-        context = ForwardContext(inputs.metadata, self.cache.kv_caches, self.backend)
-        with set_forward_context(context):
-            hidden = self.model(inputs.input_ids, inputs.positions)
+        hidden = self._forward(inputs)
         self._prompt_logprobs(output, requests, inputs, hidden, result)
         self._sample(output, requests, inputs, hidden, fork_children or {}, result)
         return result
+
+    def _forward(self, inputs: ModelInputs) -> torch.Tensor:
+        meta = inputs.metadata
+        if (
+            self.graphs is not None
+            and meta.num_decodes == meta.num_seqs
+            and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)
+        ):
+            return self.graphs.run(inputs.input_ids, inputs.positions, meta)
+        context = ForwardContext(meta, self.cache.kv_caches, self.backend)
+        with set_forward_context(context):
+            return self.model(inputs.input_ids, inputs.positions)
 
     def _sample(
         self,
