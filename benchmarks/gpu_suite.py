@@ -138,6 +138,20 @@ def w1(num: int | None, block_size: int, eager: bool = False) -> dict:
     return res
 
 
+def w2(num: int | None) -> dict:
+    preset = workloads.preset_path("qwen3-8b")
+    llm = LLM(preset, load_format="dummy", dtype="bfloat16", block_size=16,
+              max_num_seqs=256, max_num_batched_tokens=16384, max_model_len=4096)
+    load = workloads.w2()
+    if num:
+        load = load.head(num)
+    res = run_workload(llm.engine, load, temperature=0.6).as_dict()
+    res["kv_blocks_total"] = llm.engine.scheduler.kv_manager.num_blocks
+    del llm
+    torch.cuda.empty_cache()
+    return res
+
+
 def w1_peer(num: int, max_new: int) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
 
@@ -165,6 +179,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--sections", default="correctness,w1,w1_peer")
     ap.add_argument("--w1-num", type=int, default=None)
+    ap.add_argument("--w2-num", type=int, default=None)
     ap.add_argument("--peer-num", type=int, default=32)
     ap.add_argument("--peer-max-new", type=int, default=256)
     ap.add_argument("--block-sizes", default="16")
@@ -181,6 +196,8 @@ def main() -> None:
             section(f"w1_block{bs}", out)(w1)(args.w1_num, bs)
     if "w1_eager" in wanted:
         section("w1_eager", out)(w1)(args.w1_num, 16, True)
+    if "w2" in wanted:
+        section("w2", out)(w2)(args.w2_num)
     if "w1_peer" in wanted:
         section("w1_peer", out)(w1_peer)(args.peer_num, args.peer_max_new)
     save(out)

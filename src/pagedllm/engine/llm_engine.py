@@ -22,7 +22,8 @@ from pagedllm.engine.request_group import RequestGroup, SampleState
 from pagedllm.engine.validation import resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
-from pagedllm.worker.model_runner import ModelOutput, ModelRunner
+from pagedllm.worker.executor import create_executor
+from pagedllm.worker.model_runner import ModelOutput
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class LLMEngine:
             logger.info("max_model_len capped at the model's %d positions", model_max)
             config.scheduler.max_model_len = model_max
         self.max_model_len = config.scheduler.max_model_len
-        self.runner = ModelRunner(config, source)
+        self.runner = create_executor(config, source)  # ModelRunner, or rank 0 of a TP group
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
         self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, num_cpu_blocks)

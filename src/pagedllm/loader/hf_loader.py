@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,8 @@ SUPPORTED_ARCHITECTURES = (
     "Qwen3ForCausalLM",
 )
 _MODEL_TYPES = {a.removesuffix("ForCausalLM").lower(): a for a in SUPPORTED_ARCHITECTURES}
+
+logger = logging.getLogger(__name__)
 
 
 def read_hf_config(directory: Path) -> dict[str, Any]:
@@ -137,7 +141,13 @@ def load_hf_directory(directory: Path) -> ModelSource:
     generation_config = read_generation_config(directory)
     tokenizer = load_directory_tokenizer(directory, config, generation_config)
     if tokenizer is None:
-        raise ValueError(f"no tokenizer.json in {directory}; pass tokenizer=<dir with one>")
+        # weights without a tokenizer still serve token-id prompts (tests, benchmarks)
+        from .dummy import placeholder_tokenizer
+
+        logger.warning("no tokenizer.json in %s: token-id prompts only", directory)
+        eos = config.get("eos_token_id")
+        eos_ids = eos if isinstance(eos, list) else [] if eos is None else [eos]
+        tokenizer = placeholder_tokenizer(int(config["vocab_size"]), eos_ids)
     if "tie_word_embeddings" not in config:  # HF's base default: tied unless a head is stored
         config["tie_word_embeddings"] = not _has_tensor(files, "lm_head.weight")
     # Tied checkpoints sometimes still store lm_head.weight; the model ties it from the

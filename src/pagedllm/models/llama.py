@@ -17,10 +17,18 @@ from torch import nn
 
 from pagedllm.layers.activation import SiluAndMul
 from pagedllm.layers.attention import Attention
-from pagedllm.layers.embedding import LMHead, VocabEmbedding
-from pagedllm.layers.linear import Linear, MergedLinear, copy_weight
+from pagedllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
+from pagedllm.layers.linear import (
+    ColumnParallelLinear,
+    MergedLinear,
+    QKVParallelLinear,
+    RowParallelLinear,
+    copy_weight,
+)
 from pagedllm.layers.rmsnorm import RMSNorm
 from pagedllm.layers.rotary import RotaryEmbedding
+from pagedllm.parallel.sharding import local_num_kv_heads
+from pagedllm.parallel.state import get_tp_size
 
 # (our merged module, HF module, shard index)
 STACKED_PARAMS = (
@@ -81,7 +89,7 @@ class ModelArgs:
             # Qwen2 always has q/k/v biases (and none on o_proj); Llama's attention_bias
             # covers q/k/v/o.
             qkv_bias=attention_bias or arch == "Qwen2ForCausalLM",
-            o_bias=attention_bias,
+            o_bias=attention_bias and arch != "Qwen2ForCausalLM",
             mlp_bias=bool(cfg.get("mlp_bias") or False),
             sliding_windows=_sliding_windows(cfg, arch, num_layers),
         )
@@ -100,29 +108,40 @@ def _sliding_windows(cfg: dict[str, Any], arch: str, num_layers: int) -> list[in
 
 
 class LlamaAttention(nn.Module):
-    """qkv projection -> (optional per-head q/k transform) -> RoPE -> paged attention -> o."""
+    """qkv projection -> (optional per-head q/k transform) -> RoPE -> paged attention -> o.
+
+    Under tensor parallelism (parallel/state.py) the heads are this rank's: ``num_heads`` and
+    ``num_kv_heads`` are local counts, qkv is column-parallel and o_proj row-parallel.
+    """
 
     def __init__(self, args: ModelArgs, layer_idx: int, dtype: torch.dtype, device: Any) -> None:
         super().__init__()
-        self.num_heads, self.num_kv_heads = args.num_heads, args.num_kv_heads
-        self.head_dim = args.head_dim
-        self.q_size = args.num_heads * args.head_dim
-        self.kv_size = args.num_kv_heads * args.head_dim
-        self.qkv_proj = MergedLinear(
+        tp = get_tp_size()
+        # QKVParallelLinear raises a ValueError naming the head counts if tp cannot split them
+        self.qkv_proj = QKVParallelLinear(
             args.hidden_size,
-            [self.q_size, self.kv_size, self.kv_size],
+            args.head_dim,
+            args.num_heads,
+            args.num_kv_heads,
             args.qkv_bias,
             dtype,
             device,
         )
-        self.o_proj = Linear(self.q_size, args.hidden_size, args.o_bias, dtype, device)
+        self.num_heads = args.num_heads // tp
+        self.num_kv_heads = local_num_kv_heads(args.num_kv_heads, tp)
+        self.head_dim = args.head_dim
+        self.q_size = self.num_heads * args.head_dim
+        self.kv_size = self.num_kv_heads * args.head_dim
+        self.o_proj = RowParallelLinear(
+            args.num_heads * args.head_dim, args.hidden_size, args.o_bias, dtype, device
+        )
         self.rotary_emb = RotaryEmbedding(
             args.head_dim, args.max_position, args.rope_theta, args.rope_scaling, device
         )
         self.attn = Attention(
-            args.num_heads,
+            self.num_heads,
             args.head_dim,
-            args.num_kv_heads,
+            self.num_kv_heads,
             args.head_dim**-0.5,
             layer_idx,
             sliding_window=args.sliding_windows[layer_idx],
@@ -146,10 +165,10 @@ class LlamaMLP(nn.Module):
     def __init__(self, args: ModelArgs, dtype: torch.dtype, device: Any) -> None:
         super().__init__()
         size = args.intermediate_size
-        self.gate_up_proj = MergedLinear(
+        self.gate_up_proj = ColumnParallelLinear(
             args.hidden_size, [size, size], args.mlp_bias, dtype, device
         )
-        self.down_proj = Linear(size, args.hidden_size, args.mlp_bias, dtype, device)
+        self.down_proj = RowParallelLinear(size, args.hidden_size, args.mlp_bias, dtype, device)
         self.act_fn = SiluAndMul()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -189,7 +208,7 @@ class LlamaModel(nn.Module):
         self, args: ModelArgs, dtype: torch.dtype, device: Any, attention_cls: type
     ) -> None:
         super().__init__()
-        self.embed_tokens = VocabEmbedding(args.vocab_size, args.hidden_size, dtype, device)
+        self.embed_tokens = VocabParallelEmbedding(args.vocab_size, args.hidden_size, dtype, device)
         self.layers = nn.ModuleList(
             LlamaDecoderLayer(args, i, dtype, device, attention_cls) for i in range(args.num_layers)
         )
@@ -205,7 +224,11 @@ class LlamaModel(nn.Module):
 
 
 class LlamaForCausalLM(nn.Module):
-    """Llama / SmolLM / Mistral / Qwen2 causal LM over a paged KV cache."""
+    """Llama / SmolLM / Mistral / Qwen2 causal LM over a paged KV cache.
+
+    ``num_heads``/``num_kv_heads`` are this rank's (the KV pool is sized from them); ``args``
+    keeps the model's full counts.
+    """
 
     attention_cls: type[LlamaAttention] = LlamaAttention
 
@@ -216,10 +239,12 @@ class LlamaForCausalLM(nn.Module):
         args = ModelArgs.from_hf_config(hf_config)
         self.args = args
         self.dtype = dtype
-        self.num_layers, self.num_heads = args.num_layers, args.num_heads
-        self.num_kv_heads, self.head_dim = args.num_kv_heads, args.head_dim
+        tp = get_tp_size()
+        self.num_layers, self.num_heads = args.num_layers, args.num_heads // tp
+        self.num_kv_heads = local_num_kv_heads(args.num_kv_heads, tp)
+        self.head_dim = args.head_dim
         self.model = LlamaModel(args, dtype, device, self.attention_cls)
-        self.lm_head = LMHead(args.vocab_size, args.hidden_size, dtype, device)
+        self.lm_head = ParallelLMHead(args.vocab_size, args.hidden_size, dtype, device)
         if args.tie_word_embeddings:
             self.lm_head.tie(self.model.embed_tokens)
 
@@ -288,5 +313,10 @@ def _load_one(
     param = params.get(name)
     if param is None:
         return None
-    copy_weight(param, tensor, name)
+    # sharded layers (tensor parallelism) take their slice of the full tensor themselves
+    loader = getattr(modules.get(module_path), "load_weight", None)
+    if loader is not None:
+        loader(param_name, tensor, name)
+    else:
+        copy_weight(param, tensor, name)
     return name
