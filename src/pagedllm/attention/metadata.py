@@ -23,6 +23,7 @@ import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 
@@ -99,24 +100,30 @@ def build_metadata(
     """
     if not (len(query_lens) == len(seq_lens) == len(block_tables)):
         raise ValueError("query_lens, seq_lens and block_tables must have one entry per sequence")
+    num_seqs = len(query_lens)
     num_decodes = 0
-    while num_decodes < len(query_lens) and query_lens[num_decodes] == 1:
+    while num_decodes < num_seqs and query_lens[num_decodes] == 1:
         num_decodes += 1
-    slots: list[int] = []
-    for q_len, s_len, table in zip(query_lens, seq_lens, block_tables, strict=True):
-        for pos in range(s_len - q_len, s_len):
-            slots.append(table[pos // block_size] * block_size + pos % block_size)
+    # numpy, not Python loops: with 256 sequences of ~100 blocks this runs every step and was
+    # the largest host cost of a GPU decode step (2.8 ms as nested lists -> torch.tensor).
+    q = np.asarray(query_lens, dtype=np.int64)
+    s = np.asarray(seq_lens, dtype=np.int64)
     max_blocks = max((len(t) for t in block_tables), default=0)
-    padded = [list(t) + [0] * (max_blocks - len(t)) for t in block_tables]
-    tables = torch.tensor(padded, dtype=torch.int32).reshape(len(padded), max_blocks)
-    query_start = [0]
-    for q_len in query_lens:
-        query_start.append(query_start[-1] + q_len)
+    tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
+    for i, table in enumerate(block_tables):
+        tables[i, : len(table)] = table
+    query_start = np.zeros(num_seqs + 1, dtype=np.int64)
+    np.cumsum(q, out=query_start[1:])
+    total = int(query_start[-1])
+    seq_idx = np.repeat(np.arange(num_seqs), q)
+    positions = np.arange(total) - query_start[:-1][seq_idx] + (s - q)[seq_idx]
+    slots = tables[seq_idx, positions // block_size].astype(np.int64) * block_size
+    slots += positions % block_size
     return AttentionMetadata(
-        slot_mapping=torch.tensor(slots, dtype=torch.int64).to(device),
-        block_tables=tables.to(device),
-        seq_lens=torch.tensor(seq_lens, dtype=torch.int32).to(device),
-        query_start_loc=torch.tensor(query_start, dtype=torch.int32).to(device),
+        slot_mapping=torch.from_numpy(slots).to(device),
+        block_tables=torch.from_numpy(tables).to(device),
+        seq_lens=torch.from_numpy(s.astype(np.int32)).to(device),
+        query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
         max_query_len=max(query_lens, default=0),
         max_seq_len=max(seq_lens, default=0),
         num_decodes=num_decodes,

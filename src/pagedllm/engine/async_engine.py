@@ -260,6 +260,9 @@ class AsyncLLMEngine:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
         self._thread = None
+        stop_workers = getattr(self.engine, "shutdown", None)
+        if stop_workers is not None:
+            stop_workers()  # tensor-parallel worker processes
 
     # ---------------------------------------------------------- engine thread
     def _run(self) -> None:

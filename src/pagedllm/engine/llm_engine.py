@@ -91,8 +91,13 @@ class LLMEngine:
         params: SamplingParams,
         prompt_token_ids: list[int] | None = None,
         arrival_time: float | None = None,
+        stream: bool = True,
     ) -> None:
-        """Queue a request. Bad input raises ValueError/TypeError and queues nothing."""
+        """Queue a request. Bad input raises ValueError/TypeError and queues nothing.
+
+        With ``stream=False`` the request yields one output, when it finishes (offline
+        batches: no per-step output objects, text decoded once at the end).
+        """
         if not isinstance(request_id, str) or not request_id:
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
         if request_id in self._groups:
@@ -132,6 +137,7 @@ class LLMEngine:
             unforked=requests[1:],
             arrival_time=arrival,
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+            stream=stream,
         )
         self.scheduler.add_request(requests[0])  # raises ValueError if it can never fit
         self._groups[request_id] = group
@@ -246,12 +252,17 @@ class LLMEngine:
                 state.logprobs.append(entry)
                 state.delta_logprobs.append(entry)
                 state.cumulative_logprob += result.sampled_logprob.get(request.request_id, 0.0)
-            delta, stop_hit = state.detokenizer.add_tokens([token])
-            state.delta_text += delta
+            if group.detokenize_at_end:
+                stop_hit = None
+            else:
+                delta, stop_hit = state.detokenizer.add_tokens([token])
+                state.delta_text += delta
             if stop_hit is not None and not request.is_finished:
                 request.stop_reason = stop_hit
                 self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
         if request.is_finished and state.finish_reason is None:
+            if group.detokenize_at_end and request.output_token_ids:
+                state.delta_text += state.detokenizer.add_tokens(request.output_token_ids)[0]
             if request.status is not RequestStatus.FINISHED_STOPPED or request.stop_reason is None:
                 state.delta_text += state.detokenizer.flush()
             self._close_sample(state)
@@ -266,6 +277,9 @@ class LLMEngine:
         outputs = []
         for request_id, group in list(self._groups.items()):
             if not group.changed:
+                continue
+            if not group.stream and not group.finished:
+                group.changed = False
                 continue
             outputs.append(group.take_output())
             if group.finished:
@@ -302,6 +316,12 @@ class LLMEngine:
                 self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
         outputs, self._pending = self._pending, []
         return outputs
+
+    def shutdown(self) -> None:
+        """Stop worker processes (tensor parallelism); safe to call twice."""
+        stop = getattr(self.runner, "shutdown", None)
+        if stop is not None:
+            stop()
 
     # ----------------------------------------------------------------- stats
     def stats(self) -> EngineStats:

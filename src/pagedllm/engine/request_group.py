@@ -63,6 +63,12 @@ class RequestGroup:
     prompt_logprobs: list[Logprobs | None] | None = None
     error: str | None = None
     changed: bool = False
+    stream: bool = True  # False: only the final output is emitted (offline batches)
+
+    @property
+    def detokenize_at_end(self) -> bool:
+        """Without streaming or stop strings, text is decoded once, when a sample finishes."""
+        return not self.stream and not self.params.stop
 
     @property
     def finished(self) -> bool:

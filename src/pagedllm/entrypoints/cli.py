@@ -36,8 +36,8 @@ def _make_engine(args: argparse.Namespace):  # noqa: ANN202 - lazy import keeps 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     """Complete each prompt and print the text (streamed when there is one prompt)."""
+    params = _sampling_from_args(args)  # before loading the model: bad values fail fast
     engine = _make_engine(args)
-    params = _sampling_from_args(args)
     prompts = args.prompt or [sys.stdin.read()]
     for i, prompt in enumerate(prompts):
         engine.add_request(str(i), prompt, params)
@@ -59,8 +59,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive chat that streams the answer; /reset clears the history, /exit quits."""
+    params = _sampling_from_args(args)  # before loading the model: bad values fail fast
     engine = _make_engine(args)
-    params = _sampling_from_args(args)
     history: list[dict[str, str]] = []
     if args.system:
         history.append({"role": "system", "content": args.system})

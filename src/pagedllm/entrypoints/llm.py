@@ -78,6 +78,16 @@ class LLM:
         self.engine = LLMEngine.from_config(config)
         self._ids = itertools.count()
 
+    def close(self) -> None:
+        """Release worker processes (tensor parallelism). ``with LLM(...) as llm:`` calls it."""
+        self.engine.shutdown()
+
+    def __enter__(self) -> LLM:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     @property
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
@@ -146,7 +156,9 @@ class LLM:
         added: list[str] = []
         try:
             for request_id, (text, token_ids), p in zip(ids, prompts, params, strict=True):
-                self.engine.add_request(request_id, text, p, prompt_token_ids=token_ids)
+                self.engine.add_request(
+                    request_id, text, p, prompt_token_ids=token_ids, stream=False
+                )
                 added.append(request_id)
             return self._drain(ids, use_tqdm)
         except BaseException:
