@@ -23,8 +23,9 @@ GREEDY = SamplingParams(temperature=0.0, max_tokens=CHECK_TOKENS)
 @pytest.fixture(scope="module")
 def llm():
     # max_num_seqs=2: a third request waits, so a failing step can be shown to spare it
-    return LLM(dtype="float32", kv_cache_memory=32 << 20, max_model_len=MAX_MODEL_LEN,
-               max_num_seqs=2)
+    return LLM(
+        dtype="float32", kv_cache_memory=32 << 20, max_model_len=MAX_MODEL_LEN, max_num_seqs=2
+    )
 
 
 @pytest.fixture(scope="module")
@@ -88,8 +89,16 @@ def test_unknown_sampling_key_is_named(llm, check_prompt, hf_model):
         ([1, "two", 3], TypeError, "token ids must be integers"),
         (3.5, TypeError, "prompt"),
     ],
-    ids=["too-long", "exactly-max-len", "empty-ids", "empty-text", "oov", "negative", "str-id",
-         "float"],
+    ids=[
+        "too-long",
+        "exactly-max-len",
+        "empty-ids",
+        "empty-text",
+        "oov",
+        "negative",
+        "str-id",
+        "float",
+    ],
 )
 def test_invalid_prompt(prompt, exc, words, llm, check_prompt, hf_model):
     with pytest.raises(exc, match=words):
@@ -125,8 +134,12 @@ def test_missing_model_path(tmp_path, llm, check_prompt, hf_model):
 
 def test_unsupported_architecture(tmp_path, llm, check_prompt, hf_model):
     config = {
-        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 64,
-        "n_head": 4, "n_layer": 2, "vocab_size": 256,
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "n_embd": 64,
+        "n_head": 4,
+        "n_layer": 2,
+        "vocab_size": 256,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     (tmp_path / "model.safetensors").write_bytes(b"")
@@ -182,8 +195,7 @@ def test_failing_step_fails_only_scheduled_requests(llm, check_prompt, hf_model,
     assert_serves_normally(llm, check_prompt, hf_model)
 
 
-def test_failing_step_in_generate_returns_error_outputs(llm, check_prompt, hf_model,
-                                                        monkeypatch):
+def test_failing_step_in_generate_returns_error_outputs(llm, check_prompt, hf_model, monkeypatch):
     model = llm.engine.runner.model
     real_forward = model.forward
     calls = {"n": 0}

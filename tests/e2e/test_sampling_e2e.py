@@ -71,9 +71,7 @@ def test_seeded_sampling_is_reproducible_across_batches(llm):
 
 def test_different_seeds_differ(llm):
     seeds = (1234, 1235, 1236)
-    outs = llm.generate(
-        [PROMPT] * 3, [SEEDED.clone(seed=seed) for seed in seeds], use_tqdm=False
-    )
+    outs = llm.generate([PROMPT] * 3, [SEEDED.clone(seed=seed) for seed in seeds], use_tqdm=False)
     texts = {o.outputs[0].text for o in outs}
     assert len(texts) == 3, "three seeds at temperature 1 should give three different texts"
     assert outs[0].outputs[0].text == _one(llm, PROMPT, SEEDED).text
@@ -81,10 +79,10 @@ def test_different_seeds_differ(llm):
 
 # ------------------------------------------------------------ n > 1 forks
 def test_n4_gives_four_completions(llm):
-    params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=12, ignore_eos=True)
+    params = SamplingParams(n=4, temperature=1.0, seed=7, max_tokens=8, ignore_eos=True)
     out = llm.generate(PROMPT, params, use_tqdm=False)[0]
     assert [c.index for c in out.outputs] == [0, 1, 2, 3]
-    assert all(len(c.token_ids) == 12 and c.finish_reason == "length" for c in out.outputs)
+    assert all(len(c.token_ids) == 8 and c.finish_reason == "length" for c in out.outputs)
     assert len({tuple(c.token_ids) for c in out.outputs}) > 1, "samples must not be copies"
     again = llm.generate(PROMPT, params, use_tqdm=False)[0]  # seeded: reproducible per sample
     assert [c.token_ids for c in again.outputs] == [c.token_ids for c in out.outputs]
@@ -195,8 +193,12 @@ def test_logprobs_match_transformers(llm, hf_model):
 
 
 def test_prompt_logprobs_match_transformers(llm, hf_model):
-    prompt = llm.tokenizer.encode("Paged memory splits the cache into blocks", add_special_tokens=True)
-    result = llm.generate(prompt, SamplingParams(max_tokens=1, prompt_logprobs=2), use_tqdm=False)[0]
+    prompt = llm.tokenizer.encode(
+        "Paged memory splits the cache into blocks", add_special_tokens=True
+    )
+    result = llm.generate(prompt, SamplingParams(max_tokens=1, prompt_logprobs=2), use_tqdm=False)[
+        0
+    ]
     lps = result.prompt_logprobs
     assert len(lps) == len(prompt) and lps[0] is None
     ref = _hf_logprobs(hf_model, prompt)

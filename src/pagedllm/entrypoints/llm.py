@@ -132,7 +132,9 @@ class LLM:
             )
         )
 
-    def stream(self, prompt: Prompt, sampling_params: SamplingParams | None = None) -> Iterator[RequestOutput]:
+    def stream(
+        self, prompt: Prompt, sampling_params: SamplingParams | None = None
+    ) -> Iterator[RequestOutput]:
         """Run one request alone and yield its outputs as they grow (deltas filled in)."""
         params = sampling_params or SamplingParams()
         request_id = f"stream-{next(self._ids)}"

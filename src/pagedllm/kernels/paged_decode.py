@@ -25,7 +25,9 @@ from pagedllm.kernels._common import dot_options
 LOG2E = math.log2(math.e)
 
 
-@triton.jit
+# Values that change from step to step are not specialized on (Triton would compile a
+# variant for each "== 1" / "% 16 == 0" case: seconds of JIT in the middle of serving).
+@triton.jit(do_not_specialize=["stride_bt", "sliding_window"])
 def _decode_split_kernel(
     q_ptr,
     cache_ptr,

@@ -78,7 +78,9 @@ def _extend_tile_loop(
     return acc, l_i, m_i
 
 
-@triton.jit
+# Values that change from step to step are not specialized on (Triton would compile a
+# variant for each "== 1" / "% 16 == 0" case: seconds of JIT in the middle of serving).
+@triton.jit(do_not_specialize=["seq_offset", "stride_bt", "sliding_window"])
 def _paged_extend_kernel(
     q_ptr,
     cache_ptr,

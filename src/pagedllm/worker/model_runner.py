@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pagedllm.attention.metadata import ForwardContext, set_forward_context
+from pagedllm.attention.metadata import ForwardContext, build_metadata, set_forward_context
 from pagedllm.config import EngineConfig
 from pagedllm.core.request import Request
 from pagedllm.core.scheduler import SchedulerOutput
@@ -123,6 +123,8 @@ class ModelRunner:
     def init_cache(self, num_blocks: int, num_cpu_blocks: int) -> None:
         """Allocate the KV pages (after determine_num_blocks), then capture decode graphs."""
         self.cache = CacheEngine(self.kv_spec, num_blocks, num_cpu_blocks, self.device)
+        if self.device.type == "cuda":
+            self._warmup()
         if self.device.type == "cuda" and not self.config.model.enforce_eager:
             sched = self.config.scheduler
             self.graphs = CudaGraphRunner(
@@ -135,6 +137,32 @@ class ModelRunner:
                 device=self.device,
             )
             self.graphs.capture()
+
+    @torch.inference_mode()
+    def _warmup(self) -> None:
+        """Compile every kernel variant serving will need before the first request.
+
+        One mixed batch (two decodes, a prefill chunk over a cached prefix and a fresh prompt)
+        runs through the paged path, writing only into blocks that are still free (their
+        contents are overwritten before any request reads them).
+        """
+        bs = self.block_size
+        lens = [(1, 3), (1, 2 * bs + 1), (bs + 3, 2 * bs + 5), (7, 7)]  # (query, context)
+        need = [-(-ctx // bs) for _, ctx in lens]
+        if sum(need) > self.cache.num_blocks:
+            return
+        tables, next_block = [], 0
+        for n in need:
+            tables.append(list(range(next_block, next_block + n)))
+            next_block += n
+        meta = build_metadata([q for q, _ in lens], [c for _, c in lens], tables, bs, self.device)
+        total = sum(q for q, _ in lens)
+        ids = torch.zeros(total, dtype=torch.long, device=self.device)
+        pos = torch.cat([torch.arange(c - q, c, device=self.device) for q, c in lens])
+        with set_forward_context(ForwardContext(meta, self.cache.kv_caches, self.backend)):
+            hidden = self.model(ids, pos)
+        self.model.compute_logits(hidden[-2:])
+        torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ steps
     @torch.inference_mode()
@@ -240,9 +268,7 @@ class ModelRunner:
             targets = torch.tensor(
                 request.prompt_token_ids[start + 1 : end + 1], dtype=torch.long, device=self.device
             )
-            result.prompt_logprobs[request.request_id] = compute_prompt_logprobs(
-                logits, targets, k
-            )
+            result.prompt_logprobs[request.request_id] = compute_prompt_logprobs(logits, targets, k)
 
     def _generator(self, request: Request) -> torch.Generator | None:
         seed = request.sampling_params.seed
