@@ -80,16 +80,22 @@ def hf_greedy(path: str, prompts: list[list[int]], max_new: int, dtype) -> list[
     with torch.inference_mode():
         for p in prompts:
             ids = torch.tensor([p], device="cuda")
-            o = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-                               do_sample=False, eos_token_id=None, pad_token_id=0)
-            outs.append(o[0, len(p):].tolist())
+            o = model.generate(
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new,
+                do_sample=False,
+                eos_token_id=None,
+                pad_token_id=0,
+            )
+            outs.append(o[0, len(p) :].tolist())
     del model
     torch.cuda.empty_cache()
     return outs
 
 
 def first_divergence(a: list[int], b: list[int]) -> int:
-    for i, (x, y) in enumerate(zip(a, b)):
+    for i, (x, y) in enumerate(zip(a, b, strict=False)):
         if x != y:
             return i
     return min(len(a), len(b))
@@ -105,12 +111,13 @@ def correctness() -> dict:
     for dtype_name, dtype in (("float32", torch.float32), ("bfloat16", torch.bfloat16)):
         ref = hf_greedy(path, prompts, max_new, dtype)
         for eager in (False, True):
-            llm = LLM(path, dtype=dtype_name, kv_cache_memory=2 << 30, block_size=16,
-                      enforce_eager=eager)
+            llm = LLM(
+                path, dtype=dtype_name, kv_cache_memory=2 << 30, block_size=16, enforce_eager=eager
+            )
             params = SamplingParams(temperature=0, max_tokens=max_new, ignore_eos=True)
             outs = llm.generate(prompts, params, use_tqdm=False)
             got = [o.outputs[0].token_ids for o in outs]
-            div = [first_divergence(g, r) for g, r in zip(got, ref)]
+            div = [first_divergence(g, r) for g, r in zip(got, ref, strict=True)]
             kv = llm.engine.scheduler.kv_manager
             report[f"{dtype_name}{'_eager' if eager else '_graphs'}"] = {
                 "identical": sum(d == max_new for d in div),
@@ -123,33 +130,33 @@ def correctness() -> dict:
     return report
 
 
-def w1(num: int | None, block_size: int, eager: bool = False) -> dict:
-    preset = workloads.preset_path("qwen3-0.6b")
-    llm = LLM(preset, load_format="dummy", dtype="bfloat16", block_size=block_size,
-              max_num_seqs=256, max_num_batched_tokens=16384, max_model_len=4096,
-              enforce_eager=eager)
-    load = workloads.w1()
-    if num:
-        load = load.head(num)
+def throughput(preset: str, load: workloads.Workload, block_size: int, eager: bool = False) -> dict:
+    """One offline run of ``load`` on a dummy-weight preset (bf16)."""
+    llm = LLM(
+        workloads.preset_path(preset),
+        load_format="dummy",
+        dtype="bfloat16",
+        block_size=block_size,
+        max_num_seqs=256,
+        max_num_batched_tokens=16384,
+        max_model_len=4096,
+        enforce_eager=eager,
+    )
     res = run_workload(llm.engine, load, temperature=0.6).as_dict()
     res["kv_blocks_total"] = llm.engine.scheduler.kv_manager.num_blocks
     del llm
     torch.cuda.empty_cache()
     return res
+
+
+def w1(num: int | None, block_size: int, eager: bool = False) -> dict:
+    load = workloads.w1()
+    return throughput("qwen3-0.6b", load.head(num) if num else load, block_size, eager)
 
 
 def w2(num: int | None) -> dict:
-    preset = workloads.preset_path("qwen3-8b")
-    llm = LLM(preset, load_format="dummy", dtype="bfloat16", block_size=16,
-              max_num_seqs=256, max_num_batched_tokens=16384, max_model_len=4096)
     load = workloads.w2()
-    if num:
-        load = load.head(num)
-    res = run_workload(llm.engine, load, temperature=0.6).as_dict()
-    res["kv_blocks_total"] = llm.engine.scheduler.kv_manager.num_blocks
-    del llm
-    torch.cuda.empty_cache()
-    return res
+    return throughput("qwen3-8b", load.head(num) if num else load, 16)
 
 
 def w1_peer(num: int, max_new: int) -> dict:
@@ -157,12 +164,17 @@ def w1_peer(num: int, max_new: int) -> dict:
 
     cfg = AutoConfig.from_pretrained(workloads.preset_path("qwen3-0.6b"))
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(
-        cfg, dtype=torch.bfloat16, attn_implementation="paged|sdpa"
-    ).cuda().eval()
+    model = (
+        AutoModelForCausalLM.from_config(
+            cfg, dtype=torch.bfloat16, attn_implementation="paged|sdpa"
+        )
+        .cuda()
+        .eval()
+    )
     prompts = workloads.w1().prompts[:num]
-    gen = GenerationConfig(max_new_tokens=max_new, do_sample=True, temperature=0.6,
-                           eos_token_id=-1, pad_token_id=0)
+    gen = GenerationConfig(
+        max_new_tokens=max_new, do_sample=True, temperature=0.6, eos_token_id=-1, pad_token_id=0
+    )
     model.generate_batch(inputs=prompts[:2], generation_config=gen)  # warm-up
     torch.cuda.synchronize()
     t = time.perf_counter()
@@ -170,8 +182,13 @@ def w1_peer(num: int, max_new: int) -> dict:
     torch.cuda.synchronize()
     dt = time.perf_counter() - t
     tokens = sum(len(o.generated_tokens) for o in outs.values())
-    return {"requests": num, "max_new_tokens": max_new, "output_tokens": tokens,
-            "elapsed_s": dt, "output_tok_s": tokens / dt}
+    return {
+        "requests": num,
+        "max_new_tokens": max_new,
+        "output_tokens": tokens,
+        "elapsed_s": dt,
+        "output_tok_s": tokens / dt,
+    }
 
 
 def main() -> None:

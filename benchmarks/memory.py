@@ -84,13 +84,17 @@ def simulate_paged(
 ) -> dict:
     """Run the real scheduler (recompute preemption, no prefix caching) with a fake runner."""
     sched = Scheduler(
-        SchedulerConfig(max_num_seqs=1024, max_num_batched_tokens=16384, max_model_len=max_model_len),
+        SchedulerConfig(
+            max_num_seqs=1024, max_num_batched_tokens=16384, max_model_len=max_model_len
+        ),
         CacheConfig(block_size=block_size, enable_prefix_caching=False),
         num_gpu_blocks=capacity // block_size,
     )
     for i, (p, o) in enumerate(lengths):
         params = SamplingParams(max_tokens=o, ignore_eos=True)
-        sched.add_request(Request(f"r{i}", [1 + (i + k) % 30000 for k in range(p)], params, max_tokens=o))
+        sched.add_request(
+            Request(f"r{i}", [1 + (i + k) % 30000 for k in range(p)], params, max_tokens=o)
+        )
     kv = sched.kv_manager
     util, batch, sat, real_sum, reserved_sum = [], [], [], 0, 0
     while sched.has_unfinished_requests():
@@ -143,18 +147,20 @@ def simulate_contiguous(
     return _summary(util, real_sum, reserved_sum, batch, sat, preemptions=0)
 
 
-def run_study(
-    block_sizes: list[int], capacity: int, num_requests: int, max_model_len: int
-) -> dict:
+def run_study(block_sizes: list[int], capacity: int, num_requests: int, max_model_len: int) -> dict:
     lengths = sharegpt_like(num_requests, max_model_len)
     results: dict[str, dict] = {}
     for bs in block_sizes:
         results[f"pagedllm bs={bs}"] = simulate_paged(lengths, capacity, bs, max_model_len)
-    results["reserve prompt+max_tokens"] = simulate_contiguous(lengths, capacity, lambda p, o: p + o)
+    results["reserve prompt+max_tokens"] = simulate_contiguous(
+        lengths, capacity, lambda p, o: p + o
+    )
     results["reserve pow2(p+o)"] = simulate_contiguous(
         lengths, capacity, lambda p, o: min(1 << (p + o - 1).bit_length(), max_model_len)
     )
-    results["reserve max_model_len"] = simulate_contiguous(lengths, capacity, lambda p, o: max_model_len)
+    results["reserve max_model_len"] = simulate_contiguous(
+        lengths, capacity, lambda p, o: max_model_len
+    )
     return {
         "workload": {
             "num_requests": num_requests,
@@ -177,8 +183,10 @@ def print_table(study: dict) -> None:
         f"{w['mean_output']:.1f} tokens, max_model_len {w['max_model_len']}, "
         f"KV memory {w['capacity_tokens']} token slots"
     )
-    print(f"{'policy':26s} {'util mean':>9s} {'p10':>6s} {'weighted':>8s} {'saturated':>9s} "
-          f"{'max batch':>9s} {'sat. batch':>10s} {'steps':>6s} {'preempt':>7s}")
+    print(
+        f"{'policy':26s} {'util mean':>9s} {'p10':>6s} {'weighted':>8s} {'saturated':>9s} "
+        f"{'max batch':>9s} {'sat. batch':>10s} {'steps':>6s} {'preempt':>7s}"
+    )
     for name, r in study["results"].items():
         print(
             f"{name:26s} {100 * r['utilization_mean']:8.1f}% {100 * r['utilization_p10']:5.1f}% "
@@ -206,8 +214,14 @@ def plot(study: dict, path: str) -> None:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 5))
     util = [100 * res[n]["utilization_mean"] for n in names]
     ax1.bar(range(len(names)), util, color=colors)
-    ax1.axhspan(20.4, 38.2, color="tab:red", alpha=0.12, zorder=0,
-                label="paper: existing systems 20.4-38.2%")
+    ax1.axhspan(
+        20.4,
+        38.2,
+        color="tab:red",
+        alpha=0.12,
+        zorder=0,
+        label="paper: existing systems 20.4-38.2%",
+    )
     ax1.axhline(96, color="tab:green", ls="--", lw=1, label="target 96%")
     for i, u in enumerate(util):
         ax1.text(i, u + 1, f"{u:.1f}", ha="center", fontsize=8)

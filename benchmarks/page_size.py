@@ -37,8 +37,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_engine_args(parser)  # --dtype, --kv-cache-memory, --max-num-seqs ... as for the CLI
     parser.add_argument("--block-sizes", default="8,16,32,64,128")
     parser.add_argument("--repeats", type=int, default=2, help="runs per block size (>= 2)")
-    parser.add_argument("--gpu", action="store_true",
-                        help="W1 on a GPU: --preset qwen3-0.6b --dummy --device cuda")
+    parser.add_argument(
+        "--gpu", action="store_true", help="W1 on a GPU: --preset qwen3-0.6b --dummy --device cuda"
+    )
     parser.add_argument("--preset", default=None)
     parser.add_argument("--dummy", action="store_true")
     parser.add_argument("--workload", default=None, choices=["w1", "w2", "w3"])
@@ -70,23 +71,27 @@ def summarize(grouped: dict[int, list[dict]], waste: dict) -> list[dict]:
     for size, runs in grouped.items():
         tok_s = [r["output_tok_s"] for r in runs]
         mem = waste["results"].get(f"pagedllm bs={size}", {})
-        rows.append({
-            "block_size": size,
-            "output_tok_s_best": max(tok_s),
-            "output_tok_s_median": statistics.median(tok_s),
-            "output_tok_s_spread": max(tok_s) - min(tok_s),
-            "output_tok_s_runs": tok_s,
-            "num_preemptions": [r["num_preemptions"] for r in runs],
-            "kv_utilization": mem.get("utilization_mean"),
-            "batch_while_queued": mem.get("mean_batch_saturated"),
-        })
+        rows.append(
+            {
+                "block_size": size,
+                "output_tok_s_best": max(tok_s),
+                "output_tok_s_median": statistics.median(tok_s),
+                "output_tok_s_spread": max(tok_s) - min(tok_s),
+                "output_tok_s_runs": tok_s,
+                "num_preemptions": [r["num_preemptions"] for r in runs],
+                "kv_utilization": mem.get("utilization_mean"),
+                "batch_while_queued": mem.get("mean_batch_saturated"),
+            }
+        )
     return rows
 
 
 def print_table(rows: list[dict], title: str) -> None:
     print(title)
-    print(f"{'block':>5s} {'best tok/s':>10s} {'median':>8s} {'spread':>7s} {'runs':>24s} "
-          f"{'KV util':>8s} {'batch':>6s}")
+    print(
+        f"{'block':>5s} {'best tok/s':>10s} {'median':>8s} {'spread':>7s} {'runs':>24s} "
+        f"{'KV util':>8s} {'batch':>6s}"
+    )
     for r in rows:
         runs = ", ".join(f"{t:.1f}" for t in r["output_tok_s_runs"])
         util = r["kv_utilization"]
@@ -110,8 +115,15 @@ def plot(rows: list[dict], title: str, path: str) -> None:
     best = [r["output_tok_s_best"] for r in rows]
     lows = [min(r["output_tok_s_runs"]) for r in rows]
     ax1.bar(x, best, color="tab:blue", alpha=0.85, label="output tok/s (best run)")
-    ax1.errorbar(x, best, yerr=[[b - lo for b, lo in zip(best, lows, strict=True)], [0] * len(best)],
-                 fmt="none", ecolor="black", capsize=4, label="spread (worst run)")
+    ax1.errorbar(
+        x,
+        best,
+        yerr=[[b - lo for b, lo in zip(best, lows, strict=True)], [0] * len(best)],
+        fmt="none",
+        ecolor="black",
+        capsize=4,
+        label="spread (worst run)",
+    )
     ax1.set_xticks(list(x), [str(s) for s in sizes])
     ax1.set_xlabel("block size (tokens per KV page)")
     ax1.set_ylabel("output tokens/s")
@@ -144,8 +156,13 @@ def main() -> None:
         f"{first['output_tokens']} output tokens; best of {args.repeats} runs per size"
     )
     print_table(rows, title)
-    result = {"title": title, "device": device, "repeats": args.repeats, "rows": rows,
-              "memory_workload": waste["workload"]}
+    result = {
+        "title": title,
+        "device": device,
+        "repeats": args.repeats,
+        "rows": rows,
+        "memory_workload": waste["workload"],
+    }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if args.plot:
         plot(rows, title, args.plot)

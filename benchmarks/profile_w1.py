@@ -25,8 +25,14 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--top", type=int, default=35)
     args = ap.parse_args()
-    llm = LLM(workloads.preset_path("qwen3-0.6b"), load_format="dummy", dtype="bfloat16",
-              block_size=args.block_size, max_num_batched_tokens=16384, max_model_len=4096)
+    llm = LLM(
+        workloads.preset_path("qwen3-0.6b"),
+        load_format="dummy",
+        dtype="bfloat16",
+        block_size=args.block_size,
+        max_num_batched_tokens=16384,
+        max_model_len=4096,
+    )
     load = workloads.w1().head(args.num)
     engine = llm.engine
     steps = {"n": 0, "sync_s": 0.0}

@@ -30,9 +30,15 @@ def run_pagedllm(dtype: str, block_size: int) -> dict:
     outs = llm.generate(prompts, params, use_tqdm=False)
     elapsed = time.perf_counter() - start
     tokens = sum(len(o.outputs[0].token_ids) for o in outs)
-    return {"engine": "pagedllm", "dtype": dtype, "block_size": block_size,
-            "prompt_tokens": sum(map(len, prompts)), "output_tokens": tokens,
-            "elapsed_s": round(elapsed, 2), "output_tok_s": round(tokens / elapsed, 1)}
+    return {
+        "engine": "pagedllm",
+        "dtype": dtype,
+        "block_size": block_size,
+        "prompt_tokens": sum(map(len, prompts)),
+        "output_tokens": tokens,
+        "elapsed_s": round(elapsed, 2),
+        "output_tok_s": round(tokens / elapsed, 1),
+    }
 
 
 def run_transformers(dtype: str, batch: int, prompts: list[list[int]]) -> dict:
@@ -52,12 +58,24 @@ def run_transformers(dtype: str, batch: int, prompts: list[list[int]]) -> dict:
             width = max(map(len, chunk))
             ids = torch.tensor([[2] * (width - len(p)) + p for p in chunk])
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
-            out = model.generate(ids, attention_mask=mask, max_new_tokens=MAX_NEW,
-                                 min_new_tokens=MAX_NEW, do_sample=False, pad_token_id=2)
+            out = model.generate(
+                ids,
+                attention_mask=mask,
+                max_new_tokens=MAX_NEW,
+                min_new_tokens=MAX_NEW,
+                do_sample=False,
+                pad_token_id=2,
+            )
             tokens += (out.shape[1] - width) * len(chunk)
     elapsed = time.perf_counter() - start
-    return {"engine": "transformers", "dtype": dtype, "batch": batch, "output_tokens": tokens,
-            "elapsed_s": round(elapsed, 2), "output_tok_s": round(tokens / elapsed, 1)}
+    return {
+        "engine": "transformers",
+        "dtype": dtype,
+        "batch": batch,
+        "output_tokens": tokens,
+        "elapsed_s": round(elapsed, 2),
+        "output_tok_s": round(tokens / elapsed, 1),
+    }
 
 
 def main() -> None:

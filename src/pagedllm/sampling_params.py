@@ -58,9 +58,7 @@ class SamplingParams:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
         if unknown:
-            raise ValueError(
-                f"unknown sampling parameter(s) {unknown}; allowed: {sorted(names)}"
-            )
+            raise ValueError(f"unknown sampling parameter(s) {unknown}; allowed: {sorted(names)}")
         return cls(**values)
 
     @property

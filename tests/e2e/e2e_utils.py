@@ -81,7 +81,9 @@ def chat_prompts(hf_tokenizer) -> list[list[int]]:
 def system_prompts(hf_tokenizer) -> list[list[int]]:
     """Chat prompts sharing a long system prompt (prefix-cache hits)."""
     return [
-        chat_ids(hf_tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}])
+        chat_ids(
+            hf_tokenizer, [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+        )
         for q in QUESTIONS[:5]
     ]
 
@@ -96,10 +98,13 @@ def hf_greedy(model, prompt: list[int], max_new: int = MAX_NEW) -> list[int]:
         with torch.inference_mode():
             ids = torch.tensor([prompt])
             out = model.generate(
-                ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new,
-                do_sample=False, pad_token_id=model.config.eos_token_id,
+                ids,
+                attention_mask=torch.ones_like(ids),
+                max_new_tokens=max_new,
+                do_sample=False,
+                pad_token_id=model.config.eos_token_id,
             )
-        _REF_CACHE[key] = out[0, len(prompt):].tolist()
+        _REF_CACHE[key] = out[0, len(prompt) :].tolist()
     return _REF_CACHE[key]
 
 

@@ -10,9 +10,8 @@ import json
 
 import pytest
 
-from pagedllm import LLM, SamplingParams
-
 from e2e_utils import assert_all_blocks_free, hf_greedy
+from pagedllm import LLM, SamplingParams
 
 MAX_MODEL_LEN = 256
 CHECK_TOKENS = 8

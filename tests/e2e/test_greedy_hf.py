@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pagedllm import LLM, SamplingParams
-
 from e2e_utils import MAX_NEW, assert_all_blocks_free, hf_greedy
+from pagedllm import LLM, SamplingParams
 
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_NEW)
 
@@ -23,8 +22,9 @@ def _check(llm: LLM, prompts: list[list[int]], hf_model) -> None:
 
 @pytest.mark.parametrize("block_size", [1, 16, 128])
 def test_batched_mixed_lengths_match_transformers(block_size, chat_prompts, hf_model):
-    llm = LLM(dtype="float32", block_size=block_size, kv_cache_memory=64 << 20,
-              max_num_batched_tokens=512)
+    llm = LLM(
+        dtype="float32", block_size=block_size, kv_cache_memory=64 << 20, max_num_batched_tokens=512
+    )
     _check(llm, chat_prompts, hf_model)
 
 
@@ -48,7 +48,6 @@ def test_prefix_cache_hits_match(system_prompts, hf_model):
 
 
 def test_no_prefix_caching_matches(system_prompts, hf_model):
-    llm = LLM(dtype="float32", block_size=16, kv_cache_memory=64 << 20,
-              enable_prefix_caching=False)
+    llm = LLM(dtype="float32", block_size=16, kv_cache_memory=64 << 20, enable_prefix_caching=False)
     _check(llm, system_prompts, hf_model)
     assert llm.engine.scheduler.kv_manager.prefix_cache_hits == 0

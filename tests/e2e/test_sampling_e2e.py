@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pagedllm import LLM, SamplingParams
-
 from e2e_utils import assert_all_blocks_free, chat_ids, hf_greedy
+from pagedllm import LLM, SamplingParams
 
 PROMPT = "The capital of France is"
 SEEDED = SamplingParams(temperature=1.0, top_p=0.95, seed=1234, max_tokens=12, ignore_eos=True)

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pagedllm import LLM, SamplingParams
-
 from e2e_utils import LONG_CONTEXT, QUESTIONS, assert_all_blocks_free, chat_ids, hf_greedy
+from pagedllm import LLM, SamplingParams
 
 MAX_TOKENS = 16
 GREEDY = SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS)

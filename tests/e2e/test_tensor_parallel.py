@@ -23,11 +23,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from e2e_utils import assert_all_blocks_free
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import pre_tokenizers
 from tokenizers.models import WordLevel
 
+from e2e_utils import assert_all_blocks_free
 from pagedllm import LLM, SamplingParams
 from pagedllm.parallel.sharding import check_tensor_parallel, kv_head_range, vocab_range
 

@@ -11,9 +11,8 @@ from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers import pre_tokenizers
 from tokenizers.models import WordLevel
 
-from pagedllm import LLM, SamplingParams
-
 from e2e_utils import assert_all_blocks_free
+from pagedllm import LLM, SamplingParams
 
 VOCAB = 384
 MAX_NEW = 20

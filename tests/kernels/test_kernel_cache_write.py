@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_utils import torch_backend_or_none
 
+from kernel_utils import torch_backend_or_none
 from pagedllm.kernels import reshape_and_cache
 
 

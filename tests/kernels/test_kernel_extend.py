@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_utils import dense_reference, make_paged_case, tolerance
 
+from kernel_utils import dense_reference, make_paged_case, tolerance
 from pagedllm.kernels import paged_extend_attention
 
 F32, BF16 = torch.float32, torch.bfloat16

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from kernel_utils import (
     dense_reference,
     make_metadata,
@@ -12,7 +13,6 @@ from kernel_utils import (
     tolerance,
     torch_backend_or_none,
 )
-
 from pagedllm.attention.triton_backend import TritonAttentionBackend
 
 F32, BF16 = torch.float32, torch.bfloat16

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from test_core_fakes import check_pool, make_request
-
 from pagedllm.core import block_pool
 from pagedllm.core.kv_cache_manager import KVCacheManager
+from test_core_fakes import check_pool, make_request
 
 BS = 4
 

@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, given, settings
-from test_core_fakes import FakeRunner, check_step, make_request, make_scheduler, run
 
 from pagedllm.config import PreemptionMode
 from pagedllm.core.request import RequestStatus
+from test_core_fakes import FakeRunner, check_step, make_request, make_scheduler, run
 
 PREFIXES = [[], [7, 7, 7, 7, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from test_core_fakes import FakeRunner, check_pool, make_request, make_scheduler, run
 
 from pagedllm.config import PreemptionMode
 from pagedllm.core.request import RequestStatus
+from test_core_fakes import FakeRunner, check_pool, make_request, make_scheduler, run
 
 BS = 4
 

@@ -190,7 +190,7 @@ class LLMEngine:
         self._record_prompt_logprobs(result)
         for request in changed:
             self._on_new_token(request, result)
-        for parent_id, children in forks.items():
+        for children in forks.values():
             for child in children:
                 self._on_new_token(child, result)
         return outputs + self._collect_outputs()
@@ -279,7 +279,7 @@ class LLMEngine:
 
     def _collect_outputs(self) -> list[RequestOutput]:
         outputs = []
-        for request_id, group in list(self._groups.items()):
+        for group in list(self._groups.values()):
             if not group.changed:
                 continue
             if not group.stream and not group.finished:
