@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--temperature", type=float, default=None)
     parser.add_argument("--out", default="benchmarks/page_size.json")
     parser.add_argument("--plot", default="benchmarks/plots/page_size.png")
+    parser.add_argument("--replot", default=None, help="only redraw --plot from this JSON")
     args = parser.parse_args(argv)
     if args.gpu:
         args.preset = args.preset or "qwen3-0.6b"
@@ -124,6 +125,8 @@ def plot(rows: list[dict], title: str, path: str) -> None:
         capsize=4,
         label="spread (worst run)",
     )
+    for i, t in enumerate(best):
+        ax1.text(i, 0.45 * max(best), f"{t:.0f}\ntok/s", ha="center", color="white", fontsize=9)
     ax1.set_xticks(list(x), [str(s) for s in sizes])
     ax1.set_xlabel("block size (tokens per KV page)")
     ax1.set_ylabel("output tokens/s")
@@ -131,9 +134,17 @@ def plot(rows: list[dict], title: str, path: str) -> None:
     util = [100 * (r["kv_utilization"] or 0) for r in rows]
     ax2.plot(list(x), util, "o-", color="tab:orange", label="KV utilization (memory study)")
     for i, u in enumerate(util):
-        ax2.text(i, u + 0.6, f"{u:.1f}%", ha="center", fontsize=8, color="tab:orange")
+        ax2.annotate(
+            f"{u:.1f}%",
+            (i, u),
+            xytext=(0, -16),
+            textcoords="offset points",
+            ha="center",
+            fontsize=8,
+            bbox={"boxstyle": "round", "fc": "white", "ec": "tab:orange"},
+        )
     ax2.set_ylabel("reserved KV holding token states (%)")
-    ax2.set_ylim(min(util) - 10, 102)
+    ax2.set_ylim(min(util) - 25, 102)
     h1, l1 = ax1.get_legend_handles_labels()
     h2, l2 = ax2.get_legend_handles_labels()
     ax1.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=8)
@@ -145,6 +156,10 @@ def plot(rows: list[dict], title: str, path: str) -> None:
 
 def main() -> None:
     args = parse_args()
+    if args.replot:  # redraw the figure from a saved JSON, measuring nothing
+        saved = json.loads(Path(args.replot).read_text())
+        plot(saved["rows"], saved["title"], args.plot)
+        return
     sizes = [int(s) for s in args.block_sizes.split(",")]
     waste = run_study(sizes, capacity=32768, num_requests=1000, max_model_len=2048)
     grouped = measure_throughput(args, sizes)
