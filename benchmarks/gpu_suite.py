@@ -130,7 +130,27 @@ def correctness() -> dict:
     return report
 
 
-def throughput(preset: str, load: workloads.Workload, block_size: int, eager: bool = False) -> dict:
+def multi_step_check(steps: int) -> dict:
+    """Greedy tokens with multi-step rounds equal single steps (float32, CUDA graphs)."""
+    path = smollm_hf_dir()
+    rng = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 49152, (n,), generator=rng).tolist() for n in (5, 40, 300, 900)]
+    params = [
+        SamplingParams(temperature=0, max_tokens=20 + 7 * i, ignore_eos=True)
+        for i in range(len(prompts))
+    ]
+    got = {}
+    for k in (1, steps):
+        llm = LLM(path, dtype="float32", kv_cache_memory=2 << 30, num_scheduler_steps=k)
+        got[k] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+        del llm
+        torch.cuda.empty_cache()
+    return {"steps": steps, "identical": got[1] == got[steps]}
+
+
+def throughput(
+    preset: str, load: workloads.Workload, block_size: int, eager: bool = False, steps: int = 1
+) -> dict:
     """One offline run of ``load`` on a dummy-weight preset (bf16)."""
     llm = LLM(
         workloads.preset_path(preset),
@@ -141,22 +161,24 @@ def throughput(preset: str, load: workloads.Workload, block_size: int, eager: bo
         max_num_batched_tokens=16384,
         max_model_len=4096,
         enforce_eager=eager,
+        num_scheduler_steps=steps,
     )
     res = run_workload(llm.engine, load, temperature=0.6).as_dict()
     res["kv_blocks_total"] = llm.engine.scheduler.kv_manager.num_blocks
+    res["num_scheduler_steps"] = steps
     del llm
     torch.cuda.empty_cache()
     return res
 
 
-def w1(num: int | None, block_size: int, eager: bool = False) -> dict:
+def w1(num: int | None, block_size: int, eager: bool = False, steps: int = 1) -> dict:
     load = workloads.w1()
-    return throughput("qwen3-0.6b", load.head(num) if num else load, block_size, eager)
+    return throughput("qwen3-0.6b", load.head(num) if num else load, block_size, eager, steps)
 
 
-def w2(num: int | None) -> dict:
+def w2(num: int | None, steps: int = 1) -> dict:
     load = workloads.w2()
-    return throughput("qwen3-8b", load.head(num) if num else load, 16)
+    return throughput("qwen3-8b", load.head(num) if num else load, 16, steps=steps)
 
 
 def w1_peer(num: int, max_new: int) -> dict:
@@ -197,6 +219,7 @@ def main() -> None:
     ap.add_argument("--sections", default="correctness,w1,w1_peer")
     ap.add_argument("--w1-num", type=int, default=None)
     ap.add_argument("--w2-num", type=int, default=None)
+    ap.add_argument("--steps", default="1", help="num_scheduler_steps values (W1; max for W2)")
     ap.add_argument("--peer-num", type=int, default=32)
     ap.add_argument("--peer-max-new", type=int, default=256)
     ap.add_argument("--block-sizes", default="16")
@@ -208,13 +231,17 @@ def main() -> None:
     wanted = args.sections.split(",")
     if "correctness" in wanted:
         section("correctness", out)(correctness)()
+    steps = [int(k) for k in args.steps.split(",")]
+    if "multi_step_check" in wanted:
+        section("multi_step_check", out)(multi_step_check)(max(steps))
     if "w1" in wanted:
         for bs in [int(s) for s in args.block_sizes.split(",")]:
-            section(f"w1_block{bs}", out)(w1)(args.w1_num, bs)
+            for k in steps:
+                section(f"w1_block{bs}_steps{k}", out)(w1)(args.w1_num, bs, False, k)
     if "w1_eager" in wanted:
         section("w1_eager", out)(w1)(args.w1_num, 16, True)
     if "w2" in wanted:
-        section("w2", out)(w2)(args.w2_num)
+        section(f"w2_steps{max(steps)}", out)(w2)(args.w2_num, max(steps))
     if "w1_peer" in wanted:
         section("w1_peer", out)(w1_peer)(args.peer_num, args.peer_max_new)
     save(out)

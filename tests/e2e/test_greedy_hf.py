@@ -51,3 +51,19 @@ def test_no_prefix_caching_matches(system_prompts, hf_model):
     llm = LLM(dtype="float32", block_size=16, kv_cache_memory=64 << 20, enable_prefix_caching=False)
     _check(llm, system_prompts, hf_model)
     assert llm.engine.scheduler.kv_manager.prefix_cache_hits == 0
+
+
+def test_multi_step_decoding_matches(chat_prompts, hf_model):
+    # rounds of 4 decode steps per host round trip once the prompts are in
+    llm = LLM(dtype="float32", block_size=16, kv_cache_memory=64 << 20, num_scheduler_steps=4)
+    rounds: list[int] = []
+    schedule = llm.engine.scheduler.schedule
+
+    def recording_schedule():
+        out = schedule()
+        rounds.append(out.num_steps)
+        return out
+
+    llm.engine.scheduler.schedule = recording_schedule
+    _check(llm, chat_prompts, hf_model)
+    assert 4 in rounds

@@ -43,6 +43,7 @@ def make_scheduler(
     mode: PreemptionMode = PreemptionMode.RECOMPUTE,
     num_cpu_blocks: int = 0,
     watermark: float = 0.01,
+    num_scheduler_steps: int = 1,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(
@@ -51,6 +52,7 @@ def make_scheduler(
             max_model_len=max_model_len,
             enable_chunked_prefill=chunked,
             preemption_mode=mode,
+            num_scheduler_steps=num_scheduler_steps,
         ),
         CacheConfig(block_size=block_size, enable_prefix_caching=caching, watermark=watermark),
         num_gpu_blocks=num_blocks,
@@ -119,9 +121,25 @@ class FakeRunner:
             seq = [self.kv.get(self.slot(sr.block_table, p)) for p in range(end)]
             req = sched.get_request(sr.request_id)
             assert seq == req.all_token_ids[:end], f"wrong KV read for {sr.request_id}"
-            if sr.sample:
+            if sr.sample and out.num_steps > 1:
+                sampled[sr.request_id] = self._decode_steps(sr, seq, out.num_steps, pool)
+            elif sr.sample:
                 sampled[sr.request_id] = next_token(seq)
         return sampled
+
+    def _decode_steps(self, sr, seq: list[int], num_steps: int, pool) -> list[int]:  # noqa: ANN001
+        """A multi-step round: each sampled token is written into its lookahead slot."""
+        assert sr.num_lookahead == num_steps - 1 and len(sr.token_ids) == 1
+        tokens = [next_token(seq)]
+        for k in range(1, num_steps):
+            pos = sr.start_position + k
+            assert pos // self.bs < len(sr.block_table), "no slot allocated for a lookahead token"
+            block = pool.blocks[sr.block_table[pos // self.bs]]
+            assert block.ref_cnt == 1, "lookahead token written into a shared block"
+            self.kv[self.slot(sr.block_table, pos)] = tokens[-1]
+            seq = [*seq, tokens[-1]]
+            tokens.append(next_token(seq))
+        return tokens
 
 
 def run(sched: Scheduler, runner: FakeRunner, max_steps: int = 1000) -> dict[str, Request]:
@@ -152,5 +170,7 @@ def check_step(sched: Scheduler, out: SchedulerOutput) -> None:
     bs = sched.block_size
     for s in out.scheduled:
         assert len(s.token_ids) >= 1
-        assert len(s.block_table) * bs >= s.start_position + len(s.token_ids)
+        assert len(s.block_table) * bs >= s.start_position + len(s.token_ids) + s.num_lookahead
+    if out.num_steps > 1:
+        assert out.num_decodes == len(out.scheduled) == len(sched.running)
     check_pool(sched.kv_manager)

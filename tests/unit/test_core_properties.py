@@ -28,6 +28,7 @@ config_st = st.fixed_dictionaries(
         "caching": st.booleans(),
         "mode": st.sampled_from(list(PreemptionMode)),
         "num_cpu_blocks": st.sampled_from([0, 6, 40]),
+        "num_scheduler_steps": st.sampled_from([1, 1, 3]),
     }
 )
 op_st = st.one_of(

@@ -130,18 +130,26 @@ class KVCacheManager:
         num_new_tokens: int,
         new_computed_blocks: list[KVBlock] | None = None,
         reserve_watermark: bool = False,
+        num_lookahead_tokens: int = 0,
     ) -> bool:
         """Make room for ``num_new_tokens`` more tokens of ``request``; False (no change) if full.
 
         ``new_computed_blocks`` are prefix hits from ``get_computed_blocks`` (only for a request
         holding no blocks); they count as computed before the new tokens. With
         ``reserve_watermark`` (admissions), ``watermark_blocks`` must stay free afterwards.
-        Copies shared blocks the new tokens write into (copy-on-write) and registers blocks
-        that become full in the prefix cache.
+        ``num_lookahead_tokens`` more slots are made writable for tokens not sampled yet
+        (multi-step decoding); they are hashed into the prefix cache only once known, by a
+        later call. Copies shared blocks the new tokens write into (copy-on-write) and
+        registers blocks that become full in the prefix cache.
         """
         table = self._tables.get(request.request_id)
         bs = self.block_size
-        if table is not None and num_new_tokens == 1 and not new_computed_blocks:
+        if (
+            table is not None
+            and num_new_tokens == 1
+            and not new_computed_blocks
+            and not num_lookahead_tokens
+        ):
             if self._decode_in_place(request, table):
                 return True
         hits = new_computed_blocks or []
@@ -158,11 +166,12 @@ class KVCacheManager:
                 f"has {request.num_tokens}"
             )
         num_have = len(table.blocks) + len(hits)
-        num_new_blocks = max(0, -(-end // bs) - num_have)
+        end_slots = end + num_lookahead_tokens
+        num_new_blocks = max(0, -(-end_slots // bs) - num_have)
         # existing blocks the new tokens write into that someone else also holds
         shared = [
             i
-            for i in range(start // bs, min(-(-end // bs), len(table.blocks)))
+            for i in range(start // bs, min(-(-end_slots // bs), len(table.blocks)))
             if table.blocks[i].ref_cnt > 1
         ]
         revived = sum(1 for b in hits if b.ref_cnt == 0)

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.multi_step import multi_step_count
 from pagedllm.core.preemption import PreemptionCosts
 from pagedllm.core.request import Request, RequestStatus
 
@@ -43,6 +44,7 @@ class ScheduledRequest:
     block_table: list[int]  # the request's whole block table after allocation
     sample: bool  # True when this step reaches the end of the known tokens
     prompt_logprobs: bool = False  # the request wants logprobs of its prompt tokens
+    num_lookahead: int = 0  # multi-step: slots allocated for this many tokens not sampled yet
 
     @property
     def num_tokens(self) -> int:
@@ -57,6 +59,7 @@ class SchedulerOutput:
     num_batched_tokens: int = 0
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # (src, dst)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
+    num_steps: int = 1  # > 1: every request is a decode, run that many steps back to back
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
     preempted_ids: list[str] = field(default_factory=list)
     finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
@@ -224,7 +227,14 @@ class Scheduler:
         out = SchedulerOutput(finished_ids=self._finished_ids)
         self._finished_ids = []
         step = _Step(self.config.max_num_batched_tokens, self.config.max_num_seqs, out)
-        self._allocate_running(self._plan_running(step), step)
+        out.num_steps = multi_step_count(
+            self.config, self.running, len(self.waiting), len(self.swapped), self.kv_manager
+        )
+        self._allocate_running(self._plan_running(step), step, lookahead=out.num_steps - 1)
+        if out.num_steps > 1 and (out.preempted_ids or len(step.decodes) != len(self.running)):
+            out.num_steps = 1  # a preemption changed the batch: the slots ahead are harmless
+            for scheduled in step.decodes:
+                scheduled.num_lookahead = 0
         if not out.preempted_ids:
             # admitting right after a preemption would only thrash
             self._swap_in(step)
@@ -259,7 +269,7 @@ class Scheduler:
             step.seqs_left -= 1
         return plan
 
-    def _allocate_running(self, plan: dict[str, int], step: _Step) -> None:
+    def _allocate_running(self, plan: dict[str, int], step: _Step, lookahead: int = 0) -> None:
         """Allocate planned slots in admission order, preempting the newest when blocks run out.
 
         Everything after index ``i`` is not yet allocated this step, so the last running
@@ -273,13 +283,13 @@ class Scheduler:
             if n is None:
                 i += 1
                 continue
-            while not kv.allocate_slots(req, n):
+            while not kv.allocate_slots(req, n, num_lookahead_tokens=lookahead):
                 victim = self.running[-1]
                 self._preempt(victim, step)
                 if victim is req:
                     break
             else:
-                self._emit(req, n, step)
+                self._emit(req, n, step).num_lookahead = lookahead
                 i += 1
 
     def _preempt(self, req: Request, step: _Step) -> None:
@@ -359,7 +369,7 @@ class Scheduler:
             step.budget -= n
             step.seqs_left -= 1
 
-    def _emit(self, req: Request, n: int, step: _Step) -> None:
+    def _emit(self, req: Request, n: int, step: _Step) -> ScheduledRequest:
         """Record that ``req`` computes its next ``n`` tokens this step (slots allocated)."""
         start = req.num_computed_tokens
         sample = start + n == req.num_tokens
@@ -377,8 +387,11 @@ class Scheduler:
             step.prefills.append(scheduled)
         if req.first_scheduled_time is None:
             req.first_scheduled_time = time.monotonic()
+        return scheduled
 
-    def update_from_output(self, output: SchedulerOutput, sampled: dict[str, int]) -> list[Request]:
+    def update_from_output(
+        self, output: SchedulerOutput, sampled: dict[str, int | list[int]]
+    ) -> list[Request]:
         """Apply a step's results; returns the requests that got a token or finished.
 
         Advances ``num_computed_tokens`` of every scheduled request, appends the sampled token
@@ -401,16 +414,22 @@ class Scheduler:
             req.num_computed_tokens += len(sr.token_ids)
             if not sr.sample:
                 continue
-            token = sampled.get(sr.request_id)
-            if token is None:
+            tokens = sampled.get(sr.request_id)
+            if tokens is None:
                 raise ValueError(f"no sampled token for request {sr.request_id!r}")
-            req.append_output_token(token)
-            if req.first_token_time is None:
-                req.first_token_time = time.monotonic()
-            status = req.check_token_stop(max_len)
-            if status is not None:
-                self._finish(req, status)
-                any_finished = True
+            if isinstance(tokens, int):
+                tokens = (tokens,)
+            for j, token in enumerate(tokens):
+                if j:  # multi-step: the previous sampled token was computed by the next step
+                    req.num_computed_tokens += 1
+                req.append_output_token(token)
+                if req.first_token_time is None:
+                    req.first_token_time = time.monotonic()
+                status = req.check_token_stop(max_len)
+                if status is not None:  # tokens sampled after a stop are dropped
+                    self._finish(req, status)
+                    any_finished = True
+                    break
             changed.append(req)
         if any_finished:
             self.running = [r for r in self.running if r.status == running]

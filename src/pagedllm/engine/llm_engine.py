@@ -62,6 +62,9 @@ class LLMEngine:
             logger.info("max_model_len capped at the model's %d positions", model_max)
             config.scheduler.max_model_len = model_max
         self.max_model_len = config.scheduler.max_model_len
+        if config.parallel.tensor_parallel_size > 1 and config.scheduler.num_scheduler_steps > 1:
+            logger.info("multi-step decoding is not supported with tensor parallelism: off")
+            config.scheduler.num_scheduler_steps = 1
         self.runner = create_executor(config, source)  # ModelRunner, or rank 0 of a TP group
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
@@ -185,14 +188,19 @@ class LLMEngine:
         for sched in scheduled.scheduled:
             if sched.request_id in forks:
                 self._fork(sched, forks[sched.request_id], result)
-        sampled = {rid: tok for rid, tok in result.sampled.items() if rid in requests}
+        sampled: dict[str, int | list[int]] = {
+            rid: tok for rid, tok in result.sampled.items() if rid in requests
+        }
+        sampled.update(result.sampled_multi)
+        num_before = {rid: r.num_output_tokens for rid, r in requests.items()}
         changed = self.scheduler.update_from_output(scheduled, sampled)
         self._record_prompt_logprobs(result)
         for request in changed:
-            self._on_new_token(request, result)
+            new = request.output_token_ids[num_before[request.request_id] :]
+            self._on_new_tokens(request, new, result)
         for children in forks.values():
             for child in children:
-                self._on_new_token(child, result)
+                self._on_new_tokens(child, child.output_token_ids[-1:], result)
         return outputs + self._collect_outputs()
 
     # ------------------------------------------------------------- internals
@@ -238,15 +246,18 @@ class LLMEngine:
             if group is not None and group.prompt_logprobs is not None:
                 group.prompt_logprobs.extend(chunk)
 
-    def _on_new_token(self, request: Request, result: ModelOutput) -> None:
-        """Detokenize, check stop strings, record logprobs and finishing."""
+    def _on_new_tokens(self, request: Request, tokens: list[int], result: ModelOutput) -> None:
+        """Detokenize, check stop strings, record logprobs and finishing.
+
+        ``tokens`` are what the scheduler appended this step (several after a multi-step round;
+        those never carry logprobs or stop strings, see ``core/multi_step.py``).
+        """
         group = self._group_of.get(request.request_id)
         if group is None:
             return
         state = next(s for s in group.samples if s.request is request)
         group.changed = True
-        token = result.sampled.get(request.request_id)
-        if token is not None:  # in result.sampled and changed: the scheduler appended it
+        for token in tokens:
             if request.first_token_time is None:
                 request.first_token_time = time.monotonic()
             self.generation_tokens_total += 1
@@ -264,6 +275,7 @@ class LLMEngine:
             if stop_hit is not None and not request.is_finished:
                 request.stop_reason = stop_hit
                 self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
+                break
         if request.is_finished and state.finish_reason is None:
             if group.detokenize_at_end and request.output_token_ids:
                 state.delta_text += state.detokenizer.add_tokens(request.output_token_ids)[0]

@@ -43,6 +43,18 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false"
     )
+    parser.add_argument(
+        "--num-scheduler-steps",
+        type=int,
+        default=1,
+        help="decode steps per host round trip when every request is a plain decode",
+    )
+    parser.add_argument(
+        "--num-scheduler-steps",
+        type=int,
+        default=1,
+        help="decode steps per host round trip when every request is a plain decode",
+    )
     parser.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     parser.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
 
@@ -72,6 +84,7 @@ def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
             max_num_batched_tokens=args.max_num_batched_tokens,
             max_model_len=args.max_model_len,
             preemption_mode=args.preemption_mode,
+            num_scheduler_steps=args.num_scheduler_steps,
         ),
         parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
     ).validate()

@@ -45,6 +45,7 @@ class LLM:
         enable_prefix_caching: bool = True,
         enable_chunked_prefill: bool = True,
         preemption_mode: str = "recompute",
+        num_scheduler_steps: int = 1,
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
     ) -> None:
@@ -72,6 +73,7 @@ class LLM:
                 max_model_len=max_model_len,
                 enable_chunked_prefill=enable_chunked_prefill,
                 preemption_mode=preemption_mode,
+                num_scheduler_steps=num_scheduler_steps,
             ),
             parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size),
         )

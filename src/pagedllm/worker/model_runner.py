@@ -24,6 +24,7 @@ from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
 from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
+from pagedllm.worker.multi_step import advance_decode_inputs
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class ModelOutput:
     logprobs: dict[str, Logprobs] = field(default_factory=dict)
     sampled_logprob: dict[str, float] = field(default_factory=dict)
     prompt_logprobs: dict[str, list[Logprobs]] = field(default_factory=dict)
+    sampled_multi: dict[str, list[int]] = field(default_factory=dict)  # multi-step rounds
 
 
 class ModelRunner:
@@ -187,6 +189,9 @@ class ModelRunner:
         if not output.scheduled:
             return result
         inputs = prepare_inputs(output, self.block_size, self.device)
+        if output.num_steps > 1:
+            self._decode_steps(output, requests, inputs, result)
+            return result
         hidden = self._forward(inputs)
         self._prompt_logprobs(output, requests, inputs, hidden, result)
         self._sample(output, requests, inputs, hidden, fork_children or {}, result)
@@ -203,6 +208,37 @@ class ModelRunner:
         context = ForwardContext(meta, self.cache.kv_caches, self.backend)
         with set_forward_context(context):
             return self.model(inputs.input_ids, inputs.positions)
+
+    def _decode_steps(
+        self,
+        output: SchedulerOutput,
+        requests: Mapping[str, Request],
+        inputs: ModelInputs,
+        result: ModelOutput,
+    ) -> None:
+        """``output.num_steps`` decode steps back to back, one host sync at the end."""
+        row_requests = [requests[s.request_id] for s in output.scheduled]
+        batch = self._sampling_batch(row_requests)
+        sampled: list[torch.Tensor] = []
+        for step in range(output.num_steps):
+            if step:
+                inputs = advance_decode_inputs(inputs, sampled[-1], self.block_size)
+            logits = self.model.compute_logits(self._forward(inputs))
+            sampled.append(self.sampler(logits, batch).token_ids)
+        rows = torch.stack(sampled, dim=1).tolist()  # the round's one host sync
+        for request, tokens in zip(row_requests, rows, strict=True):
+            result.sampled_multi[request.request_id] = tokens
+
+    def _sampling_batch(self, row_requests: list[Request]) -> SamplingBatch:
+        return SamplingBatch.build(
+            params=[r.sampling_params for r in row_requests],
+            output_token_ids=[r.output_token_ids for r in row_requests],
+            prompt_token_ids=[r.prompt_token_ids for r in row_requests],
+            generators=[self._generator(r) for r in row_requests],
+            banned_token_ids=[_banned_tokens(r) for r in row_requests],
+            device=self.device,
+            vocab_size=self.vocab_size,
+        )
 
     def _sample(
         self,
@@ -226,16 +262,7 @@ class ModelRunner:
             return
         row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
         logits = self.model.compute_logits(hidden.index_select(0, row_index))
-        batch = SamplingBatch.build(
-            params=[r.sampling_params for r in row_requests],
-            output_token_ids=[r.output_token_ids for r in row_requests],
-            prompt_token_ids=[r.prompt_token_ids for r in row_requests],
-            generators=[self._generator(r) for r in row_requests],
-            banned_token_ids=[_banned_tokens(r) for r in row_requests],
-            device=self.device,
-            vocab_size=self.vocab_size,
-        )
-        sampled = self.sampler(logits, batch)
+        sampled = self.sampler(logits, self._sampling_batch(row_requests))
         token_ids = sampled.token_ids.tolist()  # the step's one host sync
         for j, request in enumerate(row_requests):
             result.sampled[request.request_id] = token_ids[j]

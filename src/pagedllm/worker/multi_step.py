@@ -1,0 +1,35 @@
+"""Device side of multi-step decoding: feed each step's sampled tokens to the next step.
+
+The scheduler allocated slots for ``num_steps`` tokens per request (``core/multi_step.py``).
+Between steps everything stays on the device: the sampled ids become the next input ids,
+positions and context lengths grow by one, and the new slots are read from the block tables,
+so the host syncs once per round instead of once per token.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from pagedllm.worker.input_batch import ModelInputs
+
+
+def advance_decode_inputs(
+    inputs: ModelInputs, next_ids: torch.Tensor, block_size: int
+) -> ModelInputs:
+    """The inputs of the next decode step of the same requests (one token each)."""
+    meta = inputs.metadata
+    positions = inputs.positions + 1
+    cols = torch.div(positions, block_size, rounding_mode="floor")
+    blocks = meta.block_tables.gather(1, cols[:, None]).squeeze(1).to(torch.long)
+    slots = blocks * block_size + positions % block_size
+    seq_lens_cpu = None if meta.seq_lens_cpu is None else [n + 1 for n in meta.seq_lens_cpu]
+    metadata = dataclasses.replace(
+        meta,
+        slot_mapping=slots,
+        seq_lens=meta.seq_lens + 1,
+        max_seq_len=meta.max_seq_len + 1,
+        seq_lens_cpu=seq_lens_cpu,
+    )
+    return ModelInputs(next_ids, positions, metadata, inputs.query_start)
