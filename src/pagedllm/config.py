@@ -7,7 +7,8 @@ raise ``ValueError`` naming the field and what to change.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 class PreemptionMode(str, enum.Enum):
@@ -131,3 +132,29 @@ class EngineConfig:
         self.scheduler.validate()
         self.parallel.validate()
         return self
+
+    @classmethod
+    def from_flat(cls, **options: Any) -> EngineConfig:
+        """Build from flat keyword options (``LLM(...)``, CLI flags): each name goes to the
+        sub-config that has that field. Unknown names raise TypeError listing the known ones."""
+        parts = {
+            "model": ModelSpec,
+            "cache": CacheConfig,
+            "scheduler": SchedulerConfig,
+            "parallel": ParallelConfig,
+        }
+        values: dict[str, dict[str, Any]] = {part: {} for part in parts}
+        owner = {f.name: part for part, kind in parts.items() for f in fields(kind)}
+        for name, value in options.items():
+            if name not in owner:
+                raise TypeError(f"unknown engine option {name!r}; known: {sorted(owner)}")
+            values[owner[name]][name] = value
+        return cls(**{part: kind(**values[part]) for part, kind in parts.items()})
+
+    def option_names(self) -> list[str]:
+        """Every flat option name ``from_flat`` accepts."""
+        return [
+            f.name
+            for part in (self.model, self.cache, self.scheduler, self.parallel)
+            for f in fields(part)
+        ]

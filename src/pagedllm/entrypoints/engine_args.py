@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pagedllm.config import CacheConfig, EngineConfig, ModelSpec, ParallelConfig, SchedulerConfig
+from pagedllm.config import EngineConfig
 
 
 def add_engine_args(parser: argparse.ArgumentParser) -> None:
@@ -61,30 +61,6 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
 
 def engine_config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Build (and validate) an EngineConfig from parsed options."""
-    return EngineConfig(
-        model=ModelSpec(
-            model=args.model,
-            tokenizer=args.tokenizer,
-            dtype=args.dtype,
-            device=args.device,
-            load_format=args.load_format,
-            seed=args.seed,
-            enforce_eager=args.enforce_eager,
-        ),
-        cache=CacheConfig(
-            block_size=args.block_size,
-            num_gpu_blocks=args.num_gpu_blocks,
-            kv_cache_memory=args.kv_cache_memory,
-            gpu_memory_utilization=args.gpu_memory_utilization,
-            swap_space=args.swap_space,
-            enable_prefix_caching=args.enable_prefix_caching,
-        ),
-        scheduler=SchedulerConfig(
-            max_num_seqs=args.max_num_seqs,
-            max_num_batched_tokens=args.max_num_batched_tokens,
-            max_model_len=args.max_model_len,
-            preemption_mode=args.preemption_mode,
-            num_scheduler_steps=args.num_scheduler_steps,
-        ),
-        parallel=ParallelConfig(tensor_parallel_size=args.tensor_parallel_size),
-    ).validate()
+    names = EngineConfig().option_names()
+    options = {name: getattr(args, name) for name in names if hasattr(args, name)}
+    return EngineConfig.from_flat(**options).validate()

@@ -6,7 +6,7 @@ import itertools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from pagedllm.config import CacheConfig, EngineConfig, ModelSpec, ParallelConfig, SchedulerConfig
+from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -49,35 +49,9 @@ class LLM:
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
     ) -> None:
-        config = EngineConfig(
-            model=ModelSpec(
-                model=model,
-                tokenizer=tokenizer,
-                dtype=dtype,
-                device=device,
-                load_format=load_format,
-                seed=seed,
-                enforce_eager=enforce_eager,
-            ),
-            cache=CacheConfig(
-                block_size=block_size,
-                num_gpu_blocks=num_gpu_blocks,
-                kv_cache_memory=kv_cache_memory,
-                gpu_memory_utilization=gpu_memory_utilization,
-                swap_space=swap_space,
-                enable_prefix_caching=enable_prefix_caching,
-            ),
-            scheduler=SchedulerConfig(
-                max_num_seqs=max_num_seqs,
-                max_num_batched_tokens=max_num_batched_tokens,
-                max_model_len=max_model_len,
-                enable_chunked_prefill=enable_chunked_prefill,
-                preemption_mode=preemption_mode,
-                num_scheduler_steps=num_scheduler_steps,
-            ),
-            parallel=ParallelConfig(tensor_parallel_size=tensor_parallel_size),
-        )
-        self.engine = LLMEngine.from_config(config)
+        options = dict(locals())
+        del options["self"]
+        self.engine = LLMEngine.from_config(EngineConfig.from_flat(**options))
         self._ids = itertools.count()
 
     def close(self) -> None:
