@@ -69,6 +69,19 @@ def test_generate_prints_the_greedy_completion(llm):
     assert "Traceback" not in proc.stderr
 
 
+def test_generate_chat_uses_the_chat_template(llm):
+    from pagedllm import SamplingParams
+
+    want = llm.chat(
+        [{"role": "user", "content": PROMPT}],
+        SamplingParams(temperature=0.0, max_tokens=MAX_TOKENS),
+        use_tqdm=False,
+    )[0].outputs[0]
+    proc = run_cli("generate", "--chat", PROMPT, "--max-tokens", str(MAX_TOKENS), *SMALL_KV)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == want.text + "\n"
+
+
 def test_chat_streams_an_answer_and_exits(llm):
     from pagedllm import SamplingParams
 

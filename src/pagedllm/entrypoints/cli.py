@@ -40,7 +40,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     engine = _make_engine(args)
     prompts = args.prompt or [sys.stdin.read()]
     for i, prompt in enumerate(prompts):
-        engine.add_request(str(i), prompt, params)
+        if args.chat:  # each prompt is one user turn, rendered by the model's chat template
+            ids = engine.tokenizer.apply_chat_template([{"role": "user", "content": prompt}])
+            engine.add_request(str(i), prompt, params, prompt_token_ids=list(ids))
+        else:
+            engine.add_request(str(i), prompt, params)
     texts: dict[str, str] = {}
     while engine.has_unfinished_requests():
         for out in engine.step():
@@ -110,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="complete prompts")
     gen.add_argument("prompt", nargs="*", help="prompt text (default: read stdin)")
     gen.add_argument("--model", dest="model", default=None)
+    gen.add_argument(
+        "--chat", action="store_true", help="send each prompt as a user message (chat template)"
+    )
     _add_engine_args_no_positional(gen)
     _add_sampling_args(gen)
     gen.set_defaults(func=cmd_generate)
