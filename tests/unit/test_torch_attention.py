@@ -143,3 +143,19 @@ def test_build_metadata_layout() -> None:
     assert md.query_start_loc.tolist() == [0, 1, 2, 5]
     assert md.max_query_len == 3 and md.max_seq_len == 7
     assert md.seq_lens.dtype == torch.int32 and md.slot_mapping.dtype == torch.int64
+
+
+def test_decode_rows_grouped_by_length_match_dense() -> None:
+    # nine decodes of very different lengths: attended in length groups, results in row order
+    seq_lens = [7, 300, 45, 290, 3, 160, 151, 40, 299]
+    out, ref = run_case(seq_lens, [1] * len(seq_lens), 16, 6, 2, torch.float32, seed=3)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    backend = TorchAttentionBackend()
+    metadata = build_metadata([1] * len(seq_lens), seq_lens, [[0] * 19] * len(seq_lens), 16)
+    groups = backend._decode_groups(metadata)  # noqa: SLF001 - the grouping is the point
+    assert 1 < len(groups) <= 4
+    rows = sorted(i for index, _ in groups for i in index.tolist())
+    assert rows == list(range(len(seq_lens)))  # every row in exactly one group
+    for index, max_len in groups:
+        lens = [seq_lens[i] for i in index.tolist()]
+        assert max(lens) == max_len

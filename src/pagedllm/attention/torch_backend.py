@@ -19,6 +19,10 @@ import torch.nn.functional as F
 from pagedllm.attention.backend import AttentionBackend
 from pagedllm.attention.metadata import AttentionMetadata
 
+# decode rows whose context is under this share of their group's longest start a new group
+_GROUP_RATIO = 0.6
+_MAX_GROUPS = 4
+
 
 def _sdpa(
     query: torch.Tensor,
@@ -49,6 +53,8 @@ class TorchAttentionBackend(AttentionBackend):
 
     def __init__(self) -> None:
         self._workspace: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
+        self._groups_for: AttentionMetadata | None = None  # the step the groups belong to
+        self._groups: list[tuple[torch.Tensor | None, int]] = []
 
     def write_kv(
         self,
@@ -82,9 +88,17 @@ class TorchAttentionBackend(AttentionBackend):
         output = torch.empty_like(query)
         num_decodes = metadata.num_decodes
         if num_decodes > 0:
-            output[:num_decodes] = self._decode(
-                query[:num_decodes], kv_cache, metadata, scale, sliding_window
-            )
+            for rows, max_len in self._decode_groups(metadata):
+                seq_lens = metadata.seq_lens[:num_decodes]
+                tables = metadata.block_tables[:num_decodes]
+                q = query[:num_decodes]
+                if rows is not None:
+                    q, tables, seq_lens = q[rows], tables[rows], seq_lens[rows]
+                out = self._decode(q, kv_cache, tables, seq_lens, max_len, scale, sliding_window)
+                if rows is None:
+                    output[:num_decodes] = out
+                else:
+                    output.index_copy_(0, rows, out)
         if metadata.num_prefills > 0:
             self._prefill(query, kv_cache, metadata, scale, sliding_window, output)
         return output
@@ -115,24 +129,59 @@ class TorchAttentionBackend(AttentionBackend):
         torch.index_select(flat[1], 0, index, out=v_out)
         return k_out, v_out
 
+    def _decode_groups(
+        self, metadata: AttentionMetadata
+    ) -> list[tuple[torch.Tensor | None, int]]:
+        """Decode rows grouped by context length: (row index or None for all, max length).
+
+        One padded gather for all decodes reads and attends over every row padded to the
+        longest context; with mixed lengths most of that is padding (W3: 2.4x the real K/V).
+        Rows sorted by length are cut into groups whose shortest context is at least
+        ``_GROUP_RATIO`` of their longest, at most ``_MAX_GROUPS`` groups. Computed once per
+        step (the metadata object is the same for every layer).
+        """
+        if self._groups_for is metadata:
+            return self._groups
+        num_decodes = metadata.num_decodes
+        lens = metadata.seq_lens_cpu
+        if lens is None:  # no host copy of the lengths: one group, no device sync
+            groups: list[tuple[torch.Tensor | None, int]] = [(None, metadata.max_seq_len)]
+        else:
+            lens = lens[:num_decodes]
+            order = sorted(range(num_decodes), key=lens.__getitem__, reverse=True)
+            cuts: list[list[int]] = [[order[0]]]
+            for i in order[1:]:
+                head = lens[cuts[-1][0]]
+                if lens[i] < _GROUP_RATIO * head and len(cuts) < _MAX_GROUPS:
+                    cuts.append([i])
+                else:
+                    cuts[-1].append(i)
+            if len(cuts) == 1:
+                groups = [(None, lens[order[0]])]
+            else:
+                device = metadata.seq_lens.device
+                groups = [
+                    (torch.tensor(rows, dtype=torch.long, device=device), lens[rows[0]])
+                    for rows in cuts
+                ]
+        self._groups_for, self._groups = metadata, groups
+        return groups
+
     def _decode(
         self,
         query: torch.Tensor,
         kv_cache: torch.Tensor,
-        metadata: AttentionMetadata,
+        block_tables: torch.Tensor,
+        seq_lens: torch.Tensor,
+        max_len: int,
         scale: float,
         sliding_window: int | None,
     ) -> torch.Tensor:
-        """All decode rows at once: one gather of their pages, one masked SDPA."""
+        """Decode rows at once: one gather of their pages, one masked SDPA."""
         num_decodes = query.shape[0]
         block_size = kv_cache.shape[2]
-        if metadata.seq_lens_cpu is not None:  # avoids a device sync
-            max_len = max(metadata.seq_lens_cpu[:num_decodes])
-        else:
-            max_len = metadata.max_seq_len
         num_pages = -(-max_len // block_size)
-        seq_lens = metadata.seq_lens[:num_decodes]
-        tables = metadata.block_tables[:num_decodes, :num_pages].reshape(-1)
+        tables = block_tables[:, :num_pages].reshape(-1)
         kvh, dim = kv_cache.shape[-2:]
         max_pad = num_pages * block_size
         k, v = (
