@@ -129,9 +129,7 @@ class TorchAttentionBackend(AttentionBackend):
         torch.index_select(flat[1], 0, index, out=v_out)
         return k_out, v_out
 
-    def _decode_groups(
-        self, metadata: AttentionMetadata
-    ) -> list[tuple[torch.Tensor | None, int]]:
+    def _decode_groups(self, metadata: AttentionMetadata) -> list[tuple[torch.Tensor | None, int]]:
         """Decode rows grouped by context length: (row index or None for all, max length).
 
         One padded gather for all decodes reads and attends over every row padded to the
