@@ -32,38 +32,9 @@ from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.multi_step import multi_step_count
 from pagedllm.core.preemption import PreemptionCosts
 from pagedllm.core.request import Request, RequestStatus
+from pagedllm.core.scheduler_output import ScheduledRequest, SchedulerOutput
 
-
-@dataclass(slots=True)
-class ScheduledRequest:
-    """What one request computes this step."""
-
-    request_id: str
-    token_ids: list[int]  # the tokens computed this step (len = num_new_tokens)
-    start_position: int  # == request.num_computed_tokens before this step
-    block_table: list[int]  # the request's whole block table after allocation
-    sample: bool  # True when this step reaches the end of the known tokens
-    prompt_logprobs: bool = False  # the request wants logprobs of its prompt tokens
-    num_lookahead: int = 0  # multi-step: slots allocated for this many tokens not sampled yet
-
-    @property
-    def num_tokens(self) -> int:
-        return len(self.token_ids)
-
-
-@dataclass(slots=True)
-class SchedulerOutput:
-    """One step's plan, as plain data for the model runner."""
-
-    scheduled: list[ScheduledRequest] = field(default_factory=list)  # decodes first
-    num_batched_tokens: int = 0
-    blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # (src, dst)
-    blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
-    num_steps: int = 1  # > 1: every request is a decode, run that many steps back to back
-    blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
-    preempted_ids: list[str] = field(default_factory=list)
-    finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
-    num_decodes: int = 0  # the first num_decodes entries of `scheduled` are 1-token decodes
+__all__ = ["ScheduledRequest", "Scheduler", "SchedulerOutput"]
 
 
 class Scheduler:
