@@ -131,7 +131,8 @@ def correctness() -> dict:
 
 
 def multi_step_check(steps: int) -> dict:
-    """Greedy tokens with multi-step rounds equal single steps (float32, CUDA graphs)."""
+    """Greedy tokens equal single synchronous steps with multi-step rounds and with async
+    scheduling, alone and together (float32, CUDA graphs)."""
     path = smollm_hf_dir()
     rng = torch.Generator().manual_seed(2)
     prompts = [torch.randint(0, 49152, (n,), generator=rng).tolist() for n in (5, 40, 300, 900)]
@@ -140,16 +141,32 @@ def multi_step_check(steps: int) -> dict:
         for i in range(len(prompts))
     ]
     got = {}
-    for k in (1, steps):
-        llm = LLM(path, dtype="float32", kv_cache_memory=2 << 30, num_scheduler_steps=k)
-        got[k] = [o.outputs[0].token_ids for o in llm.generate(prompts, params, use_tqdm=False)]
+    for k, overlap in ((1, False), (steps, False), (1, True), (steps, True)):
+        llm = LLM(
+            path,
+            dtype="float32",
+            kv_cache_memory=2 << 30,
+            num_scheduler_steps=k,
+            async_scheduling=overlap,
+        )
+        outs = llm.generate(prompts, params, use_tqdm=False)
+        got[(k, overlap)] = [o.outputs[0].token_ids for o in outs]
         del llm
         torch.cuda.empty_cache()
-    return {"steps": steps, "identical": got[1] == got[steps]}
+    base = got[(1, False)]
+    return {
+        "steps": steps,
+        "identical": {f"steps{k}_async{a}": toks == base for (k, a), toks in got.items()},
+    }
 
 
 def throughput(
-    preset: str, load: workloads.Workload, block_size: int, eager: bool = False, steps: int = 1
+    preset: str,
+    load: workloads.Workload,
+    block_size: int,
+    eager: bool = False,
+    steps: int = 1,
+    overlap: bool | None = None,
 ) -> dict:
     """One offline run of ``load`` on a dummy-weight preset (bf16)."""
     llm = LLM(
@@ -162,23 +179,28 @@ def throughput(
         max_model_len=4096,
         enforce_eager=eager,
         num_scheduler_steps=steps,
+        async_scheduling=overlap,
     )
     res = run_workload(llm.engine, load, temperature=0.6).as_dict()
     res["kv_blocks_total"] = llm.engine.scheduler.kv_manager.num_blocks
     res["num_scheduler_steps"] = steps
+    res["async_scheduling"] = llm.engine.async_scheduling
     del llm
     torch.cuda.empty_cache()
     return res
 
 
-def w1(num: int | None, block_size: int, eager: bool = False, steps: int = 1) -> dict:
+def w1(num: int | None, block_size: int, eager: bool = False, steps: int = 1, overlap=None) -> dict:
     load = workloads.w1()
-    return throughput("qwen3-0.6b", load.head(num) if num else load, block_size, eager, steps)
+    return throughput(
+        "qwen3-0.6b", load.head(num) if num else load, block_size, eager, steps, overlap
+    )
 
 
-def w2(num: int | None, steps: int = 1) -> dict:
+def w2(num: int | None, steps: int = 1, overlap=None) -> dict:
     load = workloads.w2()
-    return throughput("qwen3-8b", load.head(num) if num else load, 16, steps=steps)
+    return throughput("qwen3-8b", load.head(num) if num else load, 16, steps=steps,
+                      overlap=overlap)  # fmt: skip
 
 
 def w1_peer(num: int, max_new: int) -> dict:
@@ -223,6 +245,7 @@ def main() -> None:
     ap.add_argument("--peer-num", type=int, default=32)
     ap.add_argument("--peer-max-new", type=int, default=256)
     ap.add_argument("--block-sizes", default="16")
+    ap.add_argument("--async", dest="overlap", default="on", help="async scheduling: on,off")
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -237,11 +260,15 @@ def main() -> None:
     if "w1" in wanted:
         for bs in [int(s) for s in args.block_sizes.split(",")]:
             for k in steps:
-                section(f"w1_block{bs}_steps{k}", out)(w1)(args.w1_num, bs, False, k)
+                for mode in args.overlap.split(","):
+                    name = f"w1_block{bs}_steps{k}_async{mode}"
+                    section(name, out)(w1)(args.w1_num, bs, False, k, mode == "on")
     if "w1_eager" in wanted:
         section("w1_eager", out)(w1)(args.w1_num, 16, True)
     if "w2" in wanted:
-        section(f"w2_steps{max(steps)}", out)(w2)(args.w2_num, max(steps))
+        for mode in args.overlap.split(","):
+            name = f"w2_steps{max(steps)}_async{mode}"
+            section(name, out)(w2)(args.w2_num, max(steps), mode == "on")
     if "w1_peer" in wanted:
         section("w1_peer", out)(w1_peer)(args.peer_num, args.peer_max_new)
     save(out)

@@ -66,6 +66,10 @@ class SchedulerConfig:
     # decode steps per scheduling round when every running request is a plain decode (one host
     # round trip, one sync for n tokens per request); 1 turns multi-step decoding off
     num_scheduler_steps: int = 1
+    # schedule the next decode round while the current one runs on the device (overlaps host
+    # work with device work; core/continuation.py). None: on for CUDA devices, off on CPU
+    # (where the device is the host, so nothing overlaps and outputs would only come later)
+    async_scheduling: bool | None = None
 
     def validate(self) -> None:
         for name in (
@@ -81,6 +85,10 @@ class SchedulerConfig:
             raise ValueError(
                 "without chunked prefill, max_num_batched_tokens "
                 f"({self.max_num_batched_tokens}) must be >= max_model_len ({self.max_model_len})"
+            )
+        if self.async_scheduling not in (None, True, False):
+            raise ValueError(
+                f"async_scheduling must be True, False or None, got {self.async_scheduling!r}"
             )
         self.preemption_mode = PreemptionMode(self.preemption_mode)
 

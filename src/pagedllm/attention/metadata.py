@@ -26,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pagedllm.transfer import to_device
+
 
 @dataclass(slots=True)
 class AttentionMetadata:
@@ -96,7 +98,8 @@ def build_metadata(
     The caller orders decode sequences (query length 1) first; ``num_decodes`` counts the
     leading sequences with query length 1. Sequence ``i``'s new tokens occupy positions
     ``seq_lens[i] - query_lens[i] .. seq_lens[i] - 1``; their slots follow from its block table.
-    The tensors are built on the CPU and moved to ``device`` once.
+    The tensors are built on the CPU and moved to ``device`` once each, without waiting
+    for the device (``transfer.to_device``).
     """
     if not (len(query_lens) == len(seq_lens) == len(block_tables)):
         raise ValueError("query_lens, seq_lens and block_tables must have one entry per sequence")
@@ -120,10 +123,10 @@ def build_metadata(
     slots = tables[seq_idx, positions // block_size].astype(np.int64) * block_size
     slots += positions % block_size
     return AttentionMetadata(
-        slot_mapping=torch.from_numpy(slots).to(device),
-        block_tables=torch.from_numpy(tables).to(device),
-        seq_lens=torch.from_numpy(s.astype(np.int32)).to(device),
-        query_start_loc=torch.from_numpy(query_start.astype(np.int32)).to(device),
+        slot_mapping=to_device(slots, torch.int64, device),
+        block_tables=to_device(tables, torch.int32, device),
+        seq_lens=to_device(s, torch.int32, device),
+        query_start_loc=to_device(query_start, torch.int32, device),
         max_query_len=max(query_lens, default=0),
         max_seq_len=max(seq_lens, default=0),
         num_decodes=num_decodes,

@@ -36,7 +36,7 @@ def multi_step_count(
     extra_blocks = 0
     for req in running:
         decoding = req.num_computed_tokens > 0 and req.num_tokens - req.num_computed_tokens == 1
-        if not decoding or not _plain_sampling(req):
+        if not decoding or not plain_sampling(req):
             return 1
         if req.num_tokens + k - 1 > config.max_model_len:
             return 1
@@ -48,7 +48,7 @@ def multi_step_count(
     return k
 
 
-def _plain_sampling(req: Request) -> bool:
+def plain_sampling(req: Request) -> bool:
     """True when the request's next tokens need no per-token host decision but stopping."""
     p = req.sampling_params
     return (

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
+from pagedllm.core.continuation import plan_continuation
 from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.multi_step import multi_step_count
 from pagedllm.core.preemption import PreemptionCosts
@@ -215,6 +216,17 @@ class Scheduler:
         out.scheduled = step.decodes + step.prefills
         out.num_batched_tokens = sum(len(s.token_ids) for s in out.scheduled)
         self._step_started = time.perf_counter()  # execution time feeds AUTO's prefill rate
+        return out
+
+    def schedule_continuation(self, prev: SchedulerOutput) -> SchedulerOutput | None:
+        """The decode round after the still-running ``prev`` (async scheduling), or ``None``.
+
+        Call it before ``update_from_output(prev)``; see ``core/continuation.py``. On ``None``
+        apply ``prev``'s results and call ``schedule()``.
+        """
+        out = plan_continuation(self.config, prev, self.requests, self.running, self.kv_manager)
+        if out is not None:
+            out.finished_ids, self._finished_ids = self._finished_ids, []
         return out
 
     def _plan_running(self, step: _Step) -> dict[str, int]:

@@ -20,6 +20,9 @@ class ScheduledRequest:
     sample: bool  # True when this step reaches the end of the known tokens
     prompt_logprobs: bool = False  # the request wants logprobs of its prompt tokens
     num_lookahead: int = 0  # multi-step: slots allocated for this many tokens not sampled yet
+    # async scheduling: the input token is the one sampled for row `prev_row` of the previous,
+    # still running round (token_ids holds a placeholder); None: token_ids are the inputs
+    prev_row: int | None = None
 
     @property
     def num_tokens(self) -> int:

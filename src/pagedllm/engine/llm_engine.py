@@ -24,6 +24,7 @@ from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.executor import create_executor
 from pagedllm.worker.model_runner import ModelOutput
+from pagedllm.worker.pending import PendingStep
 
 logger = logging.getLogger(__name__)
 
@@ -43,6 +44,16 @@ class EngineStats:
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
+
+
+@dataclass(slots=True)
+class _Launched:
+    """A step handed to the runner: its plan, requests, forks and the pending result."""
+
+    scheduled: SchedulerOutput
+    requests: dict[str, Request]
+    forks: dict[str, list[Request]]
+    pending: PendingStep
 
 
 class LLMEngine:
@@ -81,6 +92,12 @@ class LLMEngine:
         self._group_of: dict[str, RequestGroup] = {}  # scheduler request id -> group
         self._ids = itertools.count()
         self._pending: list[RequestOutput] = []  # aborted/failed outputs for the next step
+        self._in_flight: _Launched | None = None  # a launched continuation (async scheduling)
+        async_cfg = config.scheduler.async_scheduling
+        self.async_scheduling = bool(
+            getattr(self.runner, "supports_async_scheduling", False)
+            and (async_cfg or (async_cfg is None and self.runner.device.type == "cuda"))
+        )
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
 
@@ -163,7 +180,7 @@ class LLMEngine:
                 self._finish_group(group, RequestStatus.FINISHED_ABORTED)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._groups) or bool(self._pending)
+        return bool(self._groups) or bool(self._pending) or self._in_flight is not None
 
     @property
     def vocab_size(self) -> int:
@@ -171,20 +188,58 @@ class LLMEngine:
 
     # ------------------------------------------------------------------ step
     def step(self) -> list[RequestOutput]:
-        """Run one iteration; return one output per user request that changed."""
+        """Run one iteration; return one output per user request that changed.
+
+        With async scheduling the iteration launches the next decode round (a continuation,
+        ``core/continuation.py``) before it waits for the current one, so the device works
+        through the next round while the host turns this one's tokens into outputs.
+        """
         outputs, self._pending = self._pending, []
-        scheduled = self.scheduler.schedule()
-        if not scheduled.scheduled:
-            return outputs
+        current, self._in_flight = self._in_flight, None
+        if current is None:
+            scheduled = self.scheduler.schedule()
+            if not scheduled.scheduled:
+                return outputs
+            current = self._launch(scheduled)
+            if current is None:
+                outputs, self._pending = outputs + self._pending, []
+                return outputs
+        if self.async_scheduling:
+            following = self.scheduler.schedule_continuation(current.scheduled)
+            if following is not None:
+                self._in_flight = self._launch(following, prev=current)
+        return outputs + self._complete(current) + self._take_pending()
+
+    def _launch(
+        self, scheduled: SchedulerOutput, prev: _Launched | None = None
+    ) -> _Launched | None:
+        """Queue a step on the runner; on failure its requests fail (outputs in _pending)."""
         requests = {
             s.request_id: self.scheduler.get_request(s.request_id) for s in scheduled.scheduled
         }
         forks = self._forks_due(scheduled, requests)
         try:
-            result = self.runner.execute(scheduled, requests, forks)
+            if self.async_scheduling:
+                pending = self.runner.launch(
+                    scheduled, requests, forks, prev=None if prev is None else prev.pending
+                )
+            else:
+                pending = PendingStep(self.runner.execute(scheduled, requests, forks))
         except Exception as exc:  # noqa: BLE001 - one bad step must not take the engine down
             logger.exception("model step failed; failing its requests")
-            return outputs + self._fail_step(scheduled, exc)
+            self._fail_step(scheduled, exc)
+            return None
+        return _Launched(scheduled, requests, forks, pending)
+
+    def _complete(self, launched: _Launched) -> list[RequestOutput]:
+        """Wait for a launched step's tokens and apply them: request state, text, outputs."""
+        scheduled, requests, forks = launched.scheduled, launched.requests, launched.forks
+        try:
+            result = launched.pending.collect()
+        except Exception as exc:  # noqa: BLE001 - a device error fails this step's requests
+            logger.exception("model step failed; failing its requests")
+            self._fail_step(scheduled, exc)
+            return []
         for sched in scheduled.scheduled:
             if sched.request_id in forks:
                 self._fork(sched, forks[sched.request_id], result)
@@ -201,7 +256,11 @@ class LLMEngine:
         for children in forks.values():
             for child in children:
                 self._on_new_tokens(child, child.output_token_ids[-1:], result)
-        return outputs + self._collect_outputs()
+        return self._collect_outputs()
+
+    def _take_pending(self) -> list[RequestOutput]:
+        outputs, self._pending = self._pending, []
+        return outputs
 
     # ------------------------------------------------------------- internals
     def _sample_state(self, request: Request) -> SampleState:
@@ -326,14 +385,13 @@ class LLMEngine:
         self._pending.append(group.take_output())
         self._forget(group)
 
-    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> list[RequestOutput]:
+    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
+        """Fail every request of a step; their final outputs wait in ``_pending``."""
         message = f"{type(exc).__name__}: {exc}"
         for sched in scheduled.scheduled:
             group = self._group_of.get(sched.request_id)
             if group is not None and group.request_id in self._groups:
                 self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
-        outputs, self._pending = self._pending, []
-        return outputs
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""

@@ -46,6 +46,7 @@ class LLM:
         enable_chunked_prefill: bool = True,
         preemption_mode: str = "recompute",
         num_scheduler_steps: int = 1,
+        async_scheduling: bool | None = None,
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
     ) -> None:

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import torch
 
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.transfer import to_device
 
 # Above this many positions, prompt logprobs are computed in chunks so that a long prompt does
 # not materialize a [P, V] float32 log_softmax all at once.
@@ -120,12 +121,12 @@ class SamplingBatch:
         batch = cls(
             num_rows=n,
             vocab_size=vocab_size,
-            greedy=torch.tensor(greedy_list, dtype=torch.bool, device=device),
+            greedy=to_device(greedy_list, torch.bool, device),
             temperature=_f32(
                 [1.0 if g else p.temperature for p, g in zip(params, greedy_list, strict=True)],
                 device,
             ),
-            top_k=torch.tensor(top_k_list, dtype=torch.int64, device=device),
+            top_k=to_device(top_k_list, torch.int64, device),
             top_p=_f32([p.top_p for p in params], device),
             min_p=_f32([p.min_p for p in params], device),
             all_greedy=all(greedy_list),
@@ -178,12 +179,12 @@ class SamplingBatch:
                     rows.append(row)
                     cols.append(token_id)
         if rows:
-            self.banned_rows = torch.tensor(rows, dtype=torch.int64, device=device)
-            self.banned_cols = torch.tensor(cols, dtype=torch.int64, device=device)
+            self.banned_rows = to_device(rows, torch.int64, device)
+            self.banned_cols = to_device(cols, torch.int64, device)
 
 
 def _f32(values: list[float], device: torch.device) -> torch.Tensor:
-    return torch.tensor(values, dtype=torch.float32, device=device)
+    return to_device(values, torch.float32, device)
 
 
 def _token_counts(

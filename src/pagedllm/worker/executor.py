@@ -111,6 +111,10 @@ def _stop_workers(
 class TensorParallelExecutor:
     """Rank 0 of a tensor-parallel group: its runner plus the worker processes it owns."""
 
+    # workers run each step as it is broadcast; queuing a second step behind one in flight
+    # is not part of the worker protocol (parallel/protocol.py)
+    supports_async_scheduling = False
+
     def __init__(self, config: EngineConfig, source: ModelSource) -> None:
         tp = config.parallel.tensor_parallel_size
         check_tensor_parallel(source.hf_config, tp)  # a clear error before any process starts

@@ -13,6 +13,7 @@ import torch
 
 from pagedllm.attention.metadata import AttentionMetadata, build_metadata
 from pagedllm.core.scheduler import SchedulerOutput
+from pagedllm.transfer import to_device
 
 
 @dataclass(slots=True)
@@ -43,8 +44,8 @@ def prepare_inputs(output: SchedulerOutput, block_size: int, device: torch.devic
         query_start.append(query_start[-1] + n)
     metadata = build_metadata(query_lens, seq_lens, block_tables, block_size, device)
     return ModelInputs(
-        input_ids=torch.tensor(input_ids, dtype=torch.long, device=device),
-        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        input_ids=to_device(input_ids, torch.long, device),
+        positions=to_device(positions, torch.long, device),
         metadata=metadata,
         query_start=query_start,
     )

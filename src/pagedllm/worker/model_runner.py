@@ -20,11 +20,13 @@ from pagedllm.engine.outputs import Logprobs
 from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
+from pagedllm.transfer import to_device
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
 from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
 from pagedllm.worker.multi_step import advance_decode_inputs
+from pagedllm.worker.pending import PendingStep
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class ModelOutput:
 
 class ModelRunner:
     """One model on one device with its paged KV cache."""
+
+    supports_async_scheduling = True  # launch() + PendingStep.collect()
 
     def __init__(self, config: EngineConfig, source: ModelSource) -> None:
         self.config = config
@@ -167,35 +171,64 @@ class ModelRunner:
         torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ steps
-    @torch.inference_mode()
     def execute(
         self,
         output: SchedulerOutput,
         requests: Mapping[str, Request],
         fork_children: Mapping[str, Sequence[Request]] | None = None,
     ) -> ModelOutput:
-        """Carry out swaps and copies, run the model on the scheduled tokens, and sample.
+        """Run one step to completion: ``launch(...).collect()``."""
+        return self.launch(output, requests, fork_children).collect()
 
+    @torch.inference_mode()
+    def launch(
+        self,
+        output: SchedulerOutput,
+        requests: Mapping[str, Request],
+        fork_children: Mapping[str, Sequence[Request]] | None = None,
+        prev: PendingStep | None = None,
+    ) -> PendingStep:
+        """Carry out swaps and copies, queue the model on the scheduled tokens, and sample.
+
+        Returns before the sampled tokens reach the host (``PendingStep.collect`` waits).
         ``fork_children`` maps a request whose prompt completes this step to the forked
         samples of an ``n > 1`` request: they sample their first token from the same logits.
+        ``prev`` is the still-running step whose sampled tokens are this step's inputs where a
+        scheduled request has a ``prev_row`` (async scheduling).
         """
-        assert self.cache is not None, "init_cache() must run before execute()"
+        assert self.cache is not None, "init_cache() must run before launch()"
         # this order is the KV manager's: a block swapped out may be reused as a CoW target,
         # and a swap-in may land in a block freed by a swap-out
         self.cache.swap_out(output.blocks_to_swap_out)
         self.cache.copy_blocks(output.blocks_to_copy)
         self.cache.swap_in(output.blocks_to_swap_in)
-        result = ModelOutput()
+        pending = PendingStep(ModelOutput())
         if not output.scheduled:
-            return result
+            return pending
         inputs = prepare_inputs(output, self.block_size, self.device)
+        if output.scheduled[0].prev_row is not None:
+            inputs = self._inputs_from_prev(output, inputs, prev)
         if output.num_steps > 1:
-            self._decode_steps(output, requests, inputs, result)
-            return result
+            self._decode_steps(output, requests, inputs, pending)
+            return pending
         hidden = self._forward(inputs)
-        self._prompt_logprobs(output, requests, inputs, hidden, result)
-        self._sample(output, requests, inputs, hidden, fork_children or {}, result)
-        return result
+        self._prompt_logprobs(output, requests, inputs, hidden, pending.result)
+        self._sample(output, requests, inputs, hidden, fork_children or {}, pending)
+        return pending
+
+    def _inputs_from_prev(
+        self, output: SchedulerOutput, inputs: ModelInputs, prev: PendingStep | None
+    ) -> ModelInputs:
+        """Take each row's input token from the previous step's sampled tokens, on device."""
+        if prev is None or prev.last_token_ids is None:
+            raise ValueError("a continuation step needs the previous step's PendingStep")
+        rows = [s.prev_row for s in output.scheduled]
+        if rows == list(range(len(prev.row_ids))):
+            inputs.input_ids = prev.last_token_ids
+        else:
+            index = to_device(rows, torch.long, self.device)
+            inputs.input_ids = prev.last_token_ids.index_select(0, index)
+        return inputs
 
     def _forward(self, inputs: ModelInputs) -> torch.Tensor:
         meta = inputs.metadata
@@ -214,9 +247,9 @@ class ModelRunner:
         output: SchedulerOutput,
         requests: Mapping[str, Request],
         inputs: ModelInputs,
-        result: ModelOutput,
+        pending: PendingStep,
     ) -> None:
-        """``output.num_steps`` decode steps back to back, one host sync at the end."""
+        """``output.num_steps`` decode steps back to back, one host sync (at collect)."""
         row_requests = [requests[s.request_id] for s in output.scheduled]
         batch = self._sampling_batch(row_requests)
         sampled: list[torch.Tensor] = []
@@ -225,9 +258,8 @@ class ModelRunner:
                 inputs = advance_decode_inputs(inputs, sampled[-1], self.block_size)
             logits = self.model.compute_logits(self._forward(inputs))
             sampled.append(self.sampler(logits, batch).token_ids)
-        rows = torch.stack(sampled, dim=1).tolist()  # the round's one host sync
-        for request, tokens in zip(row_requests, rows, strict=True):
-            result.sampled_multi[request.request_id] = tokens
+        ids = [r.request_id for r in row_requests]
+        pending.track(ids, torch.stack(sampled, dim=1), multi_step=True)
 
     def _sampling_batch(self, row_requests: list[Request]) -> SamplingBatch:
         return SamplingBatch.build(
@@ -247,7 +279,7 @@ class ModelRunner:
         inputs: ModelInputs,
         hidden: torch.Tensor,
         fork_children: Mapping[str, Sequence[Request]],
-        result: ModelOutput,
+        pending: PendingStep,
     ) -> None:
         rows: list[int] = []
         row_requests: list[Request] = []
@@ -260,12 +292,12 @@ class ModelRunner:
                 row_requests.append(member)
         if not rows:
             return
-        row_index = torch.tensor(rows, dtype=torch.long, device=self.device)
+        row_index = to_device(rows, torch.long, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, row_index))
         sampled = self.sampler(logits, self._sampling_batch(row_requests))
-        token_ids = sampled.token_ids.tolist()  # the step's one host sync
+        pending.track([r.request_id for r in row_requests], sampled.token_ids, multi_step=False)
+        result = pending.result
         for j, request in enumerate(row_requests):
-            result.sampled[request.request_id] = token_ids[j]
             if sampled.logprobs is not None and request.sampling_params.logprobs is not None:
                 result.logprobs[request.request_id] = sampled.logprobs[j]
             if sampled.sampled_logprobs is not None:
