@@ -89,7 +89,19 @@ def test_abort_while_a_round_is_in_flight(chat_prompts):
 def test_continuation_not_planned_when_requests_wait(chat_prompts):
     """A waiting request is admitted by ordinary scheduling, never skipped by continuations."""
     llm, sizes = _async_llm(max_num_seqs=2)
+    scheduler = llm.engine.scheduler
+    plan = scheduler.schedule_continuation
+    queued_when_planned: list[int] = []
+
+    def checking(prev):
+        out = plan(prev)
+        if out is not None:
+            queued_when_planned.append(scheduler.num_waiting + scheduler.num_swapped)
+        return out
+
+    scheduler.schedule_continuation = checking
     params = SamplingParams(temperature=0.0, max_tokens=8, ignore_eos=True)
     outputs = llm.generate(chat_prompts[:5], params, use_tqdm=False)
     assert [len(o.outputs[0].token_ids) for o in outputs] == [8] * 5
+    assert queued_when_planned and not any(queued_when_planned)
     assert_all_blocks_free(llm)

@@ -103,6 +103,8 @@ class FakeRunner:
         pool = sched.kv_manager.pool
         written: set[int] = set()
         for sr in out.scheduled:
+            if sr.request_id not in sched.requests:
+                continue  # (async scheduling) a device write into freed blocks nobody reads
             for k, tok in enumerate(sr.token_ids):
                 pos = sr.start_position + k
                 slot = self.slot(sr.block_table, pos)
@@ -117,6 +119,8 @@ class FakeRunner:
                 self.kv[slot] = tok
         sampled = {}
         for sr in out.scheduled:
+            if sr.request_id not in sched.requests:
+                continue  # stopped while this continuation was in flight: result dropped
             end = sr.start_position + len(sr.token_ids)
             seq = [self.kv.get(self.slot(sr.block_table, p)) for p in range(end)]
             req = sched.get_request(sr.request_id)
@@ -156,6 +160,54 @@ def run(sched: Scheduler, runner: FakeRunner, max_steps: int = 1000) -> dict[str
                 finished[req.request_id] = req
         check_pool(sched.kv_manager)
     raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+def run_async(sched: Scheduler, runner: FakeRunner, max_steps: int = 1000) -> dict[str, Request]:
+    """``run`` with async scheduling: each round's continuation is planned *before* the round's
+    results are applied, then executed after them (on a device it runs meanwhile, reading the
+    round's sampled tokens there; here its placeholder inputs are filled from them)."""
+    finished: dict[str, Request] = {}
+    in_flight: tuple[SchedulerOutput, dict] | None = None
+    for _ in range(max_steps):
+        if in_flight is None:
+            if not sched.has_unfinished_requests():
+                return finished
+            out = sched.schedule()
+            check_step(sched, out)
+            sampled = runner.execute(out, sched)
+        else:
+            out, sampled = in_flight
+            in_flight = None
+        following = sched.schedule_continuation(out)
+        if following is not None:
+            check_continuation(sched, out, following)
+        for req in sched.update_from_output(out, sampled):
+            if req.is_finished:
+                finished[req.request_id] = req
+        check_pool(sched.kv_manager)
+        if following is not None:
+            for sr in following.scheduled:
+                tokens = sampled[out.scheduled[sr.prev_row].request_id]
+                sr.token_ids = [tokens[-1] if isinstance(tokens, list) else tokens]
+            in_flight = (following, runner.execute(following, sched))
+    raise AssertionError(f"requests still unfinished after {max_steps} steps")
+
+
+def check_continuation(sched: Scheduler, prev: SchedulerOutput, out: SchedulerOutput) -> None:
+    """A continuation: decodes of prev's rows, in prev's order, with slots beyond prev's."""
+    assert out.num_decodes == len(out.scheduled) > 0
+    rows = [s.prev_row for s in out.scheduled]
+    assert rows == sorted(set(rows)) and rows[-1] < len(prev.scheduled)
+    bs = sched.block_size
+    for s in out.scheduled:
+        before = prev.scheduled[s.prev_row]
+        assert s.request_id == before.request_id
+        assert s.start_position == before.start_position + prev.num_steps
+        assert s.num_lookahead == out.num_steps - 1
+        assert len(s.block_table) * bs >= s.start_position + 1 + s.num_lookahead
+        assert s.block_table[: len(before.block_table)] == before.block_table
+    assert not sched.waiting and not sched.swapped
+    check_pool(sched.kv_manager)
 
 
 def check_step(sched: Scheduler, out: SchedulerOutput) -> None:

@@ -14,7 +14,14 @@ from hypothesis import HealthCheck, given, settings
 
 from pagedllm.config import PreemptionMode
 from pagedllm.core.request import RequestStatus
-from test_core_fakes import FakeRunner, check_step, make_request, make_scheduler, run
+from test_core_fakes import (
+    FakeRunner,
+    check_step,
+    make_request,
+    make_scheduler,
+    run,
+    run_async,
+)
 
 PREFIXES = [[], [7, 7, 7, 7, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9]]
 
@@ -29,6 +36,7 @@ config_st = st.fixed_dictionaries(
         "mode": st.sampled_from(list(PreemptionMode)),
         "num_cpu_blocks": st.sampled_from([0, 6, 40]),
         "num_scheduler_steps": st.sampled_from([1, 1, 3]),
+        "async_scheduling": st.booleans(),
     }
 )
 op_st = st.one_of(
@@ -62,6 +70,7 @@ def _step(sched, runner):
 def test_random_operations_keep_the_pool_sound(cfg, ops):
     if not cfg["chunked"]:
         cfg["max_num_batched_tokens"] = 40  # >= max_model_len, required without chunking
+    async_scheduling = cfg.pop("async_scheduling")
     sched = make_scheduler(max_model_len=40, **cfg)
     runner = FakeRunner(cfg["block_size"])
     ids: list[str] = []
@@ -102,7 +111,8 @@ def test_random_operations_keep_the_pool_sound(cfg, ops):
             STATS["forks"] += 1
             total_tokens += child.num_tokens + 3
     # no starvation: everything finishes within a bound on the steps
-    run(sched, runner, max_steps=20 * total_tokens + 50)
+    drain = run_async if async_scheduling else run
+    drain(sched, runner, max_steps=20 * total_tokens + 50)
     kv = sched.kv_manager
     STATS["preemptions"] += sched.num_preemptions
     STATS["hits"] += kv.prefix_cache_hits

@@ -40,15 +40,17 @@ def plan_continuation(
     requests: Mapping[str, Request],
     running: list[Request],
     kv: KVCacheManager,
+    num_queued: int,
 ) -> SchedulerOutput | None:
     """The decode round that follows the in-flight ``prev``, or ``None`` if not predictable.
 
     Allocates the slots it needs (never preempts; a copy-on-write of a shared block is not
     counted in advance, as in ``multi_step_count``). Each scheduled request's ``prev_row`` is its
     row in ``prev``, whose sampled token becomes its input on the device; its ``token_ids``
-    hold a placeholder until then.
+    hold a placeholder until then. ``num_queued`` counts waiting and swapped requests: they are
+    admitted by ordinary scheduling, so any of them stops continuations.
     """
-    if not prev.scheduled or prev.num_decodes != len(prev.scheduled) or not running:
+    if num_queued or not prev.scheduled or prev.num_decodes != len(prev.scheduled) or not running:
         return None
     k_prev = prev.num_steps
     rows: list[tuple[int, Request]] = []

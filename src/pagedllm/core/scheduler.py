@@ -224,7 +224,10 @@ class Scheduler:
         Call it before ``update_from_output(prev)``; see ``core/continuation.py``. On ``None``
         apply ``prev``'s results and call ``schedule()``.
         """
-        out = plan_continuation(self.config, prev, self.requests, self.running, self.kv_manager)
+        queued = len(self.waiting) + len(self.swapped)
+        out = plan_continuation(
+            self.config, prev, self.requests, self.running, self.kv_manager, queued
+        )
         if out is not None:
             out.finished_ids, self._finished_ids = self._finished_ids, []
         return out

@@ -6,10 +6,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.layers import _fused
+
 
 class SiluAndMul(nn.Module):
-    """``silu(gate) * up`` on a merged ``[..., 2 * I]`` gate_up projection."""
+    """``silu(gate) * up`` on a merged ``[..., 2 * I]`` gate_up projection.
+
+    On CUDA one Triton kernel (``kernels/activation.py``) with torch's rounding.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _fused.use_fused(x):
+            from pagedllm.kernels.activation import silu_and_mul
+
+            return silu_and_mul(x)
         gate, up = x.chunk(2, dim=-1)
         return F.silu(gate) * up

@@ -6,9 +6,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pagedllm.layers import _fused
+
 
 class RMSNorm(nn.Module):
-    """RMSNorm as in HF Llama: normalize in float32, cast back, then scale by ``weight``."""
+    """RMSNorm as in HF Llama: normalize in float32, cast back, then scale by ``weight``.
+
+    On CUDA the residual add and the norm run as one Triton kernel
+    (``kernels/fused_norm.py``) with the same rounding; this torch code is the CPU path.
+    """
 
     def __init__(
         self,
@@ -26,6 +32,10 @@ class RMSNorm(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize over the last dimension (no residual)."""
+        if _fused.use_fused(x):
+            from pagedllm.kernels.fused_norm import rms_norm
+
+            return rms_norm(x, self.weight, self.eps)
         normed = F.rms_norm(x.float(), (self.hidden_size,), eps=self.eps)
         return self.weight * normed.to(x.dtype)
 
@@ -36,6 +46,12 @@ class RMSNorm(nn.Module):
 
         The add happens in the model dtype, exactly like HF's ``residual + hidden``.
         """
+        if _fused.use_fused(x):
+            from pagedllm.kernels.fused_norm import rms_norm
+
+            if residual is None:
+                return rms_norm(x, self.weight, self.eps), x
+            return rms_norm(x, self.weight, self.eps, residual)
         if residual is not None:
             x = x + residual
         return self.normalize(x), x

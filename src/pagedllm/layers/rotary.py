@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pagedllm.layers import _fused
+
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 
 
@@ -61,7 +63,11 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 
 class RotaryEmbedding(nn.Module):
-    """Applies RoPE to flat ``q [T, H*D]`` and ``k [T, KVH*D]`` at the given positions."""
+    """Applies RoPE to flat ``q [T, H*D]`` and ``k [T, KVH*D]`` at the given positions.
+
+    On CUDA q and k are rotated by one Triton kernel (``kernels/rotary.py``) with the same
+    rounding as the torch ops below, which stay the CPU path.
+    """
 
     def __init__(
         self,
@@ -92,6 +98,12 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate ``query``/``key`` (flat ``[T, heads * head_dim]``) by ``positions [T]``."""
+        if _fused.use_fused(query):
+            from pagedllm.kernels.rotary import apply_rotary
+
+            return apply_rotary(
+                positions, query, key, self.cos_cache, self.sin_cache, self.head_dim
+            )
         cos = self.cos_cache[positions].to(query.dtype).unsqueeze(1)  # [T, 1, D]
         sin = self.sin_cache[positions].to(query.dtype).unsqueeze(1)
         return self._rotate(query, cos, sin), self._rotate(key, cos, sin)

@@ -151,11 +151,17 @@ class LlamaAttention(nn.Module):
         """Hook applied before RoPE (identity here; Qwen3 normalizes each head)."""
         return q, k
 
+    def position_qk(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``qk_transform`` then RoPE (Qwen3 fuses the two into one kernel on CUDA)."""
+        q, k = self.qk_transform(q, k)
+        return self.rotary_emb(positions, q, k)
+
     def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
         qkv = self.qkv_proj(hidden)
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q, k = self.qk_transform(q, k)
-        q, k = self.rotary_emb(positions, q, k)
+        q, k = self.position_qk(positions, q, k)
         return self.o_proj(self.attn(q, k, v))
 
 

@@ -2,6 +2,9 @@
 
 Qwen3 configs give ``head_dim`` explicitly (it need not be hidden / heads) and have no q/k/v
 bias unless ``attention_bias`` says so; ``ModelArgs`` already reads both.
+
+On CUDA the q/k norms and RoPE run as one Triton kernel (``kernels/rotary.qk_norm_rotary``)
+with the torch path's rounding; on CPU the torch layers below do.
 """
 
 from __future__ import annotations
@@ -10,6 +13,7 @@ from typing import Any
 
 import torch
 
+from pagedllm.layers import _fused
 from pagedllm.layers.rmsnorm import RMSNorm
 from pagedllm.models.llama import LlamaAttention, LlamaForCausalLM, ModelArgs
 
@@ -27,6 +31,26 @@ class Qwen3Attention(LlamaAttention):
         q = self.q_norm.normalize(q.view(num_tokens, self.num_heads, self.head_dim))
         k = self.k_norm.normalize(k.view(num_tokens, self.num_kv_heads, self.head_dim))
         return q.view(num_tokens, self.q_size), k.view(num_tokens, self.kv_size)
+
+    def position_qk(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not _fused.use_fused(q):
+            return super().position_qk(positions, q, k)
+        from pagedllm.kernels.rotary import qk_norm_rotary
+
+        rope = self.rotary_emb
+        return qk_norm_rotary(
+            positions,
+            q,
+            k,
+            rope.cos_cache,
+            rope.sin_cache,
+            self.head_dim,
+            self.q_norm.weight,
+            self.k_norm.weight,
+            self.q_norm.eps,  # q_norm and k_norm share rms_norm_eps
+        )
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):

@@ -1,0 +1,73 @@
+"""``silu(gate) * up`` over a merged gate_up projection in one Triton kernel.
+
+The torch layer (``layers/activation.py``) runs ``silu`` and the multiply as two kernels with
+an intermediate ``[T, I]`` tensor written and read back in between; this kernel reads gate and
+up once and writes the product once (the op is memory-bound).
+
+Rounding follows torch: ``silu`` is computed in float32 as ``g / (1 + exp(-g))`` (torch's CUDA
+formula; ``exp`` is CUDA's ``expf`` via libdevice) and rounded to the input dtype, then the
+product is a float32 multiply rounded once more (``_rounding.py``).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from pagedllm.kernels._rounding import exp_f32, launch_options, round_to
+
+_BLOCK = 1024  # columns per program: large enough to stream, small enough for many programs
+
+
+@triton.jit
+def _silu_and_mul_kernel(
+    x_ptr,
+    out_ptr,
+    stride_xt,
+    stride_ot,
+    n_cols,
+    BLOCK: tl.constexpr,
+):
+    tok = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < n_cols
+    dtype = x_ptr.dtype.element_ty
+    row = x_ptr + tok * stride_xt
+    gate = tl.load(row + cols, mask=mask, other=0.0).to(tl.float32)
+    up = tl.load(row + n_cols + cols, mask=mask, other=0.0).to(tl.float32)
+    act = round_to(tl.div_rn(gate, 1.0 + exp_f32(-gate)), dtype)  # F.silu(gate)
+    out = round_to(act * up, dtype)  # ... * up
+    tl.store(out_ptr + tok * stride_ot + cols, out, mask=mask)
+
+
+def silu_and_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu(x[..., :I]) * x[..., I:]`` for ``x`` ``[..., 2 * I]`` -> ``[..., I]``.
+
+    ``x`` may have a row stride (a column slice), but its last dimension must be contiguous.
+    The result goes to ``out`` when given (contiguous), else to a new tensor.
+    """
+    if x.shape[-1] % 2:
+        raise ValueError(f"last dimension must be even (gate and up), got {x.shape[-1]}")
+    if x.stride(-1) != 1:
+        raise ValueError("x must be contiguous in its last dimension")
+    n_cols = x.shape[-1] // 2
+    shape = (*x.shape[:-1], n_cols)
+    if out is None:
+        out = torch.empty(shape, dtype=x.dtype, device=x.device)
+    if out.shape != shape or out.dtype != x.dtype or not out.is_contiguous():
+        raise ValueError(f"out must be a contiguous {shape} {x.dtype} tensor")
+    if out.numel() == 0:
+        return out
+    x2 = x.reshape(-1, x.shape[-1])  # a view unless >2-D and not viewable
+    out2 = out.view(-1, n_cols)
+    _silu_and_mul_kernel[(x2.shape[0], triton.cdiv(n_cols, _BLOCK))](
+        x2,
+        out2,
+        x2.stride(0),
+        out2.stride(0),
+        n_cols,
+        BLOCK=_BLOCK,
+        **launch_options(_BLOCK),
+    )
+    return out

@@ -1,0 +1,25 @@
+"""Whether a layer runs its fused Triton kernel (``pagedllm.kernels``) or its torch ops.
+
+The fused kernels (RMSNorm with the residual add, RoPE with Qwen3's q/k norm, SiLU-and-mul)
+replace chains of small memory-bound torch ops on the GPU. The torch code stays as the CPU path
+and as the reference the kernels are tested against; ``PAGEDLLM_DISABLE_FUSED_KERNELS=1``
+forces it on the GPU too (to compare the two in benchmarks). The kernel modules import
+``triton``, so layers import them only inside their CUDA branch.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+DISABLE_ENV = "PAGEDLLM_DISABLE_FUSED_KERNELS"
+
+
+def use_fused(x: torch.Tensor) -> bool:
+    """True when ``x`` is on a CUDA device and the fused kernels are not disabled.
+
+    The environment is read on every call (cheap) so that it can be changed after import;
+    under CUDA graphs the choice is fixed at capture.
+    """
+    return x.is_cuda and os.environ.get(DISABLE_ENV, "0") != "1"
