@@ -273,13 +273,16 @@ def test_rejects_bad_inputs(device) -> None:
 
 
 def test_env_switch_disables_fused(monkeypatch) -> None:
-    """Only CUDA tensors take the fused path, and PAGEDLLM_DISABLE_FUSED_KERNELS=1 stops it."""
+    """Only CUDA tensors take the fused path; PAGEDLLM_DISABLE_FUSED_KERNELS=1 stops all of
+    them, a list of names only those."""
     on_gpu = types.SimpleNamespace(is_cuda=True)  # use_fused only looks at .is_cuda
     monkeypatch.delenv(_fused.DISABLE_ENV, raising=False)
-    assert _fused.use_fused(on_gpu)
-    assert not _fused.use_fused(torch.ones(1))
+    assert all(_fused.use_fused(on_gpu, k) for k in _fused.KERNELS)
+    assert not _fused.use_fused(torch.ones(1), "rmsnorm")
     monkeypatch.setenv(_fused.DISABLE_ENV, "1")
-    assert not _fused.use_fused(on_gpu)
+    assert not any(_fused.use_fused(on_gpu, k) for k in _fused.KERNELS)
+    monkeypatch.setenv(_fused.DISABLE_ENV, "sampler, rotary")
+    assert [_fused.use_fused(on_gpu, k) for k in _fused.KERNELS] == [True, False, True, False]
 
 
 def _tiny_qwen3(dtype: torch.dtype, device: torch.device):
@@ -317,9 +320,9 @@ def test_layers_use_kernels_when_fused(monkeypatch, device, dtype) -> None:
     ctx = ForwardContext(None, [], TorchAttentionBackend())  # dense causal attention
     calls = []
     with torch.no_grad(), set_forward_context(ctx):
-        monkeypatch.setattr(_fused, "use_fused", lambda x: False)
+        monkeypatch.setattr(_fused, "use_fused", lambda x, kernel: False)
         expected = model(input_ids, positions)
-        monkeypatch.setattr(_fused, "use_fused", lambda x: calls.append(x.shape) or True)
+        monkeypatch.setattr(_fused, "use_fused", lambda x, kernel: calls.append(kernel) or True)
         actual = model(input_ids, positions)
     # per layer: 2 norms, attention (q/k norm + rope), mlp activation; plus the final norm
     assert len(calls) == 2 * 4 + 1

@@ -3,7 +3,8 @@
 The fused kernels (RMSNorm with the residual add, RoPE with Qwen3's q/k norm, SiLU-and-mul)
 replace chains of small memory-bound torch ops on the GPU. The torch code stays as the CPU path
 and as the reference the kernels are tested against; ``PAGEDLLM_DISABLE_FUSED_KERNELS=1``
-forces it on the GPU too (to compare the two in benchmarks). The kernel modules import
+forces it on the GPU too, and ``=sampler,rotary`` (names from ``KERNELS``) only for those (to
+compare the two in benchmarks). The kernel modules import
 ``triton``, so layers import them only inside their CUDA branch.
 """
 
@@ -16,10 +17,21 @@ import torch
 DISABLE_ENV = "PAGEDLLM_DISABLE_FUSED_KERNELS"
 
 
-def use_fused(x: torch.Tensor) -> bool:
-    """True when ``x`` is on a CUDA device and the fused kernels are not disabled.
+KERNELS = ("rmsnorm", "rotary", "silu_and_mul", "sampler")
+
+
+def use_fused(x: torch.Tensor, kernel: str) -> bool:
+    """True when ``x`` is on a CUDA device and the fused ``kernel`` (one of ``KERNELS``) is
+    not disabled. ``PAGEDLLM_DISABLE_FUSED_KERNELS`` is ``1`` (all off) or a comma-separated
+    list of kernel names.
 
     The environment is read on every call (cheap) so that it can be changed after import;
     under CUDA graphs the choice is fixed at capture.
     """
-    return x.is_cuda and os.environ.get(DISABLE_ENV, "0") != "1"
+    if not x.is_cuda:
+        return False
+    disabled = os.environ.get(DISABLE_ENV, "")
+    if not disabled or disabled == "0":
+        return True
+    names = {name.strip() for name in disabled.split(",")}
+    return not (names & {"1", "all", kernel})

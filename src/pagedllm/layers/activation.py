@@ -16,7 +16,7 @@ class SiluAndMul(nn.Module):
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if _fused.use_fused(x):
+        if _fused.use_fused(x, "silu_and_mul"):
             from pagedllm.kernels.activation import silu_and_mul
 
             return silu_and_mul(x)

@@ -32,7 +32,7 @@ class RMSNorm(nn.Module):
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """Normalize over the last dimension (no residual)."""
-        if _fused.use_fused(x):
+        if _fused.use_fused(x, "rmsnorm"):
             from pagedllm.kernels.fused_norm import rms_norm
 
             return rms_norm(x, self.weight, self.eps)
@@ -46,7 +46,7 @@ class RMSNorm(nn.Module):
 
         The add happens in the model dtype, exactly like HF's ``residual + hidden``.
         """
-        if _fused.use_fused(x):
+        if _fused.use_fused(x, "rmsnorm"):
             from pagedllm.kernels.fused_norm import rms_norm
 
             if residual is None:

@@ -98,7 +98,7 @@ class RotaryEmbedding(nn.Module):
         self, positions: torch.Tensor, query: torch.Tensor, key: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Rotate ``query``/``key`` (flat ``[T, heads * head_dim]``) by ``positions [T]``."""
-        if _fused.use_fused(query):
+        if _fused.use_fused(query, "rotary"):
             from pagedllm.kernels.rotary import apply_rotary
 
             return apply_rotary(

@@ -14,6 +14,10 @@ One ``SamplingBatch`` is built per step from the rows' ``SamplingParams`` and hi
    (``argmax(probs / E)``, ``E ~ Exponential(1)``), which equals sampling from ``probs`` and needs
    no host sync. A row with its own ``torch.Generator`` draws its noise from it alone, so the same
    seed gives the same tokens whatever else shares the batch.
+
+On CUDA a batch that needs nothing but temperature (and greedy rows) skips all of this for one
+Triton pass over the logits (``kernels/sampling.py``: Gumbel-max, the same race in log space
+with noise drawn in the kernel): same distribution, other random draws.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from pagedllm.layers import _fused
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.transfer import to_device
 
@@ -147,6 +152,22 @@ class SamplingBatch:
             batch._build_bans(banned_token_ids, device)
         return batch
 
+    @property
+    def plain_temperature(self) -> bool:
+        """True when rows only need temperature (or greedy) sampling from the global RNG:
+        no bans, penalties, truncation, own generators or logprobs, and some row samples."""
+        return not (
+            self.all_greedy
+            or self.need_top_k
+            or self.need_top_p
+            or self.need_min_p
+            or self.seeded_rows
+            or self.max_num_logprobs is not None
+            or self.banned_rows is not None
+            or self.seen_mask is not None
+            or self.output_counts is not None
+        )
+
     def _build_penalties(
         self,
         params: list[SamplingParams],
@@ -213,6 +234,8 @@ class Sampler:
         """Sample; ``logits`` is not modified. Only the logprobs need a host sync."""
         if logits.dim() != 2 or logits.shape[0] != batch.num_rows:
             raise ValueError(f"logits must be [{batch.num_rows}, V], got {tuple(logits.shape)}")
+        if batch.plain_temperature and _fused.use_fused(logits, "sampler"):
+            return SamplerOutput(token_ids=_fused_temperature_sample(logits, batch))
         logits = logits.float()
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
@@ -233,6 +256,18 @@ class Sampler:
             sampled_logprobs=gathered.chosen,
             sampled_ranks=gathered.ranks,
         )
+
+
+def _fused_temperature_sample(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Plain temperature sampling in one Triton pass (``kernels/sampling.py``); greedy rows
+    take the argmax. Same distribution as ``_sample``, other random draws."""
+    from pagedllm.kernels.sampling import gumbel_sample
+
+    logits = logits.contiguous()
+    sampled = gumbel_sample(logits, 1.0 / batch.temperature)
+    if batch.any_greedy:
+        sampled = torch.where(batch.greedy, logits.argmax(dim=-1), sampled)
+    return sampled
 
 
 def apply_bans_and_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

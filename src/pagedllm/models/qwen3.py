@@ -35,7 +35,7 @@ class Qwen3Attention(LlamaAttention):
     def position_qk(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not _fused.use_fused(q):
+        if not _fused.use_fused(q, "rotary"):
             return super().position_qk(positions, q, k)
         from pagedllm.kernels.rotary import qk_norm_rotary
 

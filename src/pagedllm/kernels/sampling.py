@@ -1,0 +1,115 @@
+"""Temperature sampling in one pass over the logits (Gumbel-max), without a softmax.
+
+The torch sampler turns ``[N, V]`` logits into tokens with about nine full passes over a float32
+copy of them (cast, divide by the temperature, two softmax passes, draw noise, clamp, divide,
+argmax, plus the greedy argmax): ~0.5 ms per step at W1's 256 rows x 151,936 tokens on an
+H200, 8% of a decode step. Sampling from ``softmax(l / T)`` is the same as taking
+``argmax(l / T + G)`` with ``G`` standard Gumbel noise, ``G = -log(E)``, ``E ~ Exponential(1)``
+(the exponential race the torch sampler runs, in log space). So one kernel reads each logit once
+(in the model's dtype), draws its noise in registers (Philox, keyed by a seed drawn on the device
+from torch's generator: no host sync, reproducible under ``torch.manual_seed``), and keeps a
+running maximum. Each program covers one chunk of one row; the chunk winners are reduced by a
+tiny ``argmax``. Only plain temperature sampling takes this path (``layers/sampler.py``): rows
+with their own seed, bans, penalties, top-k/top-p/min-p or logprobs use the torch sampler.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_BLOCK = 2048  # logits per loop iteration of one program
+_TINY = 1.1754943508222875e-38  # smallest normal float32: keeps log() finite
+
+
+@triton.jit
+def _gumbel_max_kernel(
+    logits_ptr,
+    inv_temp_ptr,
+    seed_ptr,
+    out_val_ptr,
+    out_idx_ptr,
+    vocab,
+    stride_row,
+    chunk_len,
+    num_chunks,
+    BLOCK: tl.constexpr,
+    TINY: tl.constexpr,
+):
+    row = tl.program_id(0)
+    chunk = tl.program_id(1)
+    seed = tl.load(seed_ptr)
+    inv_temp = tl.load(inv_temp_ptr + row)
+    lo = chunk * chunk_len
+    hi = tl.minimum(lo + chunk_len, vocab)
+    best_val = tl.full([], float("-inf"), tl.float32)
+    best_idx = tl.full([], 0, tl.int32) + lo
+    for start in range(lo, hi, BLOCK):
+        offs = start + tl.arange(0, BLOCK)
+        mask = offs < hi
+        logit = tl.load(logits_ptr + row.to(tl.int64) * stride_row + offs, mask=mask,
+                        other=float("-inf")).to(tl.float32)  # fmt: skip
+        # one Philox stream per (row, token): counters never repeat within a call
+        u = tl.rand(seed, row * vocab + offs)
+        expo = tl.maximum(-tl.log(tl.maximum(u, TINY)), TINY)  # Exponential(1)
+        score = tl.where(mask, logit * inv_temp - tl.log(expo), float("-inf"))
+        block_val = tl.max(score, 0)
+        block_idx = tl.argmax(score, 0) + start
+        better = block_val > best_val
+        best_idx = tl.where(better, block_idx, best_idx)
+        best_val = tl.where(better, block_val, best_val)
+    tl.store(out_val_ptr + row * num_chunks + chunk, best_val)
+    tl.store(out_idx_ptr + row * num_chunks + chunk, best_idx.to(tl.int64))
+
+
+def _num_chunks(num_rows: int, vocab: int, num_sms: int) -> int:
+    """Split rows so that there are about four programs per SM, chunks of >= 4 blocks."""
+    want = -(-4 * num_sms // max(num_rows, 1))
+    return max(1, min(want, -(-vocab // (4 * _BLOCK))))
+
+
+def gumbel_sample(
+    logits: torch.Tensor, inv_temperature: torch.Tensor, seed: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One token per row of ``logits`` ``[N, V]`` drawn from ``softmax(logits * inv_temperature)``.
+
+    ``inv_temperature`` ``[N]`` float32 (1 / T per row). ``seed`` is a 1-element int64 device
+    tensor; by default it is drawn from torch's generator on the logits' device. Returns ``[N]``
+    int64 on the logits' device; nothing is synchronized with the host.
+    """
+    if logits.dim() != 2 or logits.stride(1) != 1:
+        raise ValueError(f"logits must be a row-contiguous [N, V] tensor, got {logits.shape}")
+    num_rows, vocab = logits.shape
+    if num_rows * vocab >= 2**31:
+        raise ValueError("gumbel_sample supports fewer than 2**31 logits per call")
+    device = logits.device
+    if seed is None:
+        seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
+    num_sms = (
+        torch.cuda.get_device_properties(device).multi_processor_count
+        if device.type == "cuda"
+        else 1
+    )
+    chunks = _num_chunks(num_rows, vocab, num_sms)
+    chunk_len = -(-vocab // chunks)
+    vals = torch.empty((num_rows, chunks), dtype=torch.float32, device=device)
+    idx = torch.empty((num_rows, chunks), dtype=torch.int64, device=device)
+    if num_rows:
+        _gumbel_max_kernel[(num_rows, chunks)](
+            logits,
+            inv_temperature,
+            seed,
+            vals,
+            idx,
+            vocab,
+            logits.stride(0),
+            chunk_len,
+            chunks,
+            BLOCK=_BLOCK,
+            TINY=_TINY,
+            num_warps=8,
+        )
+    if chunks == 1:
+        return idx[:, 0]
+    return idx.gather(1, vals.argmax(dim=1, keepdim=True)).squeeze(1)
