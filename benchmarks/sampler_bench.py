@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import time
 
 import torch
 
@@ -41,10 +42,28 @@ def main() -> None:
     for name, disabled in (("torch", "sampler"), ("fused", "")):
         os.environ["PAGEDLLM_DISABLE_FUSED_KERNELS"] = disabled
         results[name] = timed(lambda: sampler(logits, batch))
-    os.environ.pop("PAGEDLLM_DISABLE_FUSED_KERNELS")
     mb = rows * vocab * 2 / 1e6
     for name, ms in results.items():
         print(f"{name:<6} {ms:.4f} ms per step ({mb / ms / 1e3:.2f} TB/s of bf16 logits)")
+    # host time per call (launches only, no sync) as the batch shrinks, as in W1's tail
+    for name, disabled in (("torch", "sampler"), ("fused", "")):
+        os.environ["PAGEDLLM_DISABLE_FUSED_KERNELS"] = disabled
+        line = []
+        for n in (256, 255, 200, 130, 64, 17, 1):
+            sub = SamplingBatch.build(params[:n], [[]] * n, [[]] * n, [None] * n, "cuda", vocab)
+            torch.cuda.synchronize()
+            first = time.perf_counter()
+            sampler(logits[:n], sub)
+            first = time.perf_counter() - first
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(20):
+                sampler(logits[:n], sub)
+            host = (time.perf_counter() - start) / 20
+            torch.cuda.synchronize()
+            line.append(f"N={n}: first {first * 1e3:.2f} ms, then {host * 1e6:.0f} us")
+        print(f"host {name}: " + "; ".join(line))
+    os.environ.pop("PAGEDLLM_DISABLE_FUSED_KERNELS")
 
 
 if __name__ == "__main__":

@@ -23,7 +23,8 @@ _BLOCK = 2048  # logits per loop iteration of one program (four groups of _BLOCK
 _TINY = 1.1754943508222875e-38  # smallest normal float32: keeps log() finite
 
 
-@triton.jit
+# Sizes that change with the batch are not specialized on (no compile in the middle of serving).
+@triton.jit(do_not_specialize=["vocab", "stride_row", "chunk_len", "num_chunks"])
 def _gumbel_max_kernel(
     logits_ptr,
     inv_temp_ptr,
@@ -92,6 +93,16 @@ def _group_max(
     return tl.where(better, block_val, best_val), tl.where(better, block_idx, best_idx)
 
 
+_SMS: dict[torch.device, int] = {}
+
+
+def _sm_count(device: torch.device) -> int:
+    if device not in _SMS:
+        cuda = device.type == "cuda"
+        _SMS[device] = torch.cuda.get_device_properties(device).multi_processor_count if cuda else 1
+    return _SMS[device]
+
+
 def _num_chunks(num_rows: int, vocab: int, num_sms: int) -> int:
     """Split rows so that there are about four programs per SM, chunks of >= 4 blocks."""
     want = -(-4 * num_sms // max(num_rows, 1))
@@ -115,12 +126,7 @@ def gumbel_sample(
     device = logits.device
     if seed is None:
         seed = torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64, device=device)
-    num_sms = (
-        torch.cuda.get_device_properties(device).multi_processor_count
-        if device.type == "cuda"
-        else 1
-    )
-    chunks = _num_chunks(num_rows, vocab, num_sms)
+    chunks = _num_chunks(num_rows, vocab, _sm_count(device))
     chunk_len = -(-vocab // chunks)
     vals = torch.empty((num_rows, chunks), dtype=torch.float32, device=device)
     idx = torch.empty((num_rows, chunks), dtype=torch.int64, device=device)

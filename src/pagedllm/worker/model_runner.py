@@ -20,6 +20,7 @@ from pagedllm.engine.outputs import Logprobs
 from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
+from pagedllm.sampling_params import SamplingParams
 from pagedllm.transfer import to_device
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
@@ -167,7 +168,10 @@ class ModelRunner:
         pos = torch.cat([torch.arange(c - q, c, device=self.device) for q, c in lens])
         with set_forward_context(ForwardContext(meta, self.cache.kv_caches, self.backend)):
             hidden = self.model(ids, pos)
-        self.model.compute_logits(hidden[-2:])
+        logits = self.model.compute_logits(hidden[-2:])
+        # and the sampler's kernels (fused temperature sampling plus greedy rows)
+        params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
+        self.sampler(logits, self._sampling_batch_for(params))
         torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ steps
@@ -260,6 +264,13 @@ class ModelRunner:
             sampled.append(self.sampler(logits, batch).token_ids)
         ids = [r.request_id for r in row_requests]
         pending.track(ids, torch.stack(sampled, dim=1), multi_step=True)
+
+    def _sampling_batch_for(self, params: list[SamplingParams]) -> SamplingBatch:
+        """A sampling batch of fresh rows (no history, global RNG): the warm-up's."""
+        n = len(params)
+        return SamplingBatch.build(
+            params, [[]] * n, [[]] * n, [None] * n, self.device, self.vocab_size
+        )
 
     def _sampling_batch(self, row_requests: list[Request]) -> SamplingBatch:
         return SamplingBatch.build(
