@@ -144,13 +144,8 @@ class KVCacheManager:
         """
         table = self._tables.get(request.request_id)
         bs = self.block_size
-        if (
-            table is not None
-            and num_new_tokens == 1
-            and not new_computed_blocks
-            and not num_lookahead_tokens
-        ):
-            if self._decode_in_place(request, table):
+        if table is not None and not new_computed_blocks:
+            if self._fits_in_place(request, table, num_new_tokens, num_lookahead_tokens):
                 return True
         hits = new_computed_blocks or []
         is_new = table is None
@@ -200,20 +195,30 @@ class KVCacheManager:
             self._cache_full_blocks(table, request.all_token_ids, end // bs)
         return True
 
-    def _decode_in_place(self, request: Request, table: _Table) -> bool:
-        """Fast path for one decode token whose slot is in a private block already held.
-
-        Returns False (nothing done) when the general path is needed: a new block or a copy.
+    def _fits_in_place(
+        self, request: Request, table: _Table, num_new_tokens: int, num_lookahead_tokens: int
+    ) -> bool:
+        """Fast path: every slot the new (and lookahead) tokens need is in a private block the
+        request already holds (most decode steps, every continuation round that stays inside
+        its blocks). Returns False (nothing done) when the general path is needed.
         """
         bs = self.block_size
         start = request.num_computed_tokens
-        idx = start // bs
-        if idx >= len(table.blocks) or table.blocks[idx].ref_cnt != 1:
+        end = start + num_new_tokens
+        last = -(-(end + num_lookahead_tokens) // bs)
+        blocks = table.blocks
+        if last > len(blocks):
             return False
-        if start >= request.num_tokens:
-            raise ValueError(f"request {request.request_id!r} has no token left to compute")
-        if (start + 1) // bs > len(table.hashes) and self._uses_cache(request):
-            self._cache_full_blocks(table, request.all_token_ids, (start + 1) // bs)
+        for i in range(start // bs, last):
+            if blocks[i].ref_cnt != 1:
+                return False
+        if end > request.num_tokens:
+            raise ValueError(
+                f"request {request.request_id!r}: {end} tokens would be computed but it only "
+                f"has {request.num_tokens}"
+            )
+        if end // bs > len(table.hashes) and self._uses_cache(request):
+            self._cache_full_blocks(table, request.all_token_ids, end // bs)
         return True
 
     def _copy_on_write(self, table: _Table, index: int) -> None:

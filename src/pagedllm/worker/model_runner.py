@@ -213,11 +213,11 @@ class ModelRunner:
         if output.scheduled[0].prev_row is not None:
             inputs = self._inputs_from_prev(output, inputs, prev)
         if output.num_steps > 1:
-            self._decode_steps(output, requests, inputs, pending)
+            self._decode_steps(output, requests, inputs, pending, prev)
             return pending
         hidden = self._forward(inputs)
         self._prompt_logprobs(output, requests, inputs, hidden, pending.result)
-        self._sample(output, requests, inputs, hidden, fork_children or {}, pending)
+        self._sample(output, requests, inputs, hidden, fork_children or {}, pending, prev)
         return pending
 
     def _inputs_from_prev(
@@ -252,10 +252,12 @@ class ModelRunner:
         requests: Mapping[str, Request],
         inputs: ModelInputs,
         pending: PendingStep,
+        prev: PendingStep | None,
     ) -> None:
         """``output.num_steps`` decode steps back to back, one host sync (at collect)."""
         row_requests = [requests[s.request_id] for s in output.scheduled]
-        batch = self._sampling_batch(row_requests)
+        batch = self._sampling_batch(row_requests, prev)
+        pending.sampling_batch = batch
         sampled: list[torch.Tensor] = []
         for step in range(output.num_steps):
             if step:
@@ -272,7 +274,17 @@ class ModelRunner:
             params, [[]] * n, [[]] * n, [None] * n, self.device, self.vocab_size
         )
 
-    def _sampling_batch(self, row_requests: list[Request]) -> SamplingBatch:
+    def _sampling_batch(
+        self, row_requests: list[Request], prev: PendingStep | None = None
+    ) -> SamplingBatch:
+        """The rows' sampling tensors; a continuation of the same rows reuses the previous
+        step's (only plain-sampling requests continue: nothing in it depends on the step)."""
+        ids = [r.request_id for r in row_requests]
+        if prev is not None and prev.sampling_batch is not None and prev.row_ids == ids:
+            return prev.sampling_batch
+        return self._build_sampling_batch(row_requests)
+
+    def _build_sampling_batch(self, row_requests: list[Request]) -> SamplingBatch:
         return SamplingBatch.build(
             params=[r.sampling_params for r in row_requests],
             output_token_ids=[r.output_token_ids for r in row_requests],
@@ -291,6 +303,7 @@ class ModelRunner:
         hidden: torch.Tensor,
         fork_children: Mapping[str, Sequence[Request]],
         pending: PendingStep,
+        prev: PendingStep | None,
     ) -> None:
         rows: list[int] = []
         row_requests: list[Request] = []
@@ -305,7 +318,9 @@ class ModelRunner:
             return
         row_index = to_device(rows, torch.long, self.device)
         logits = self.model.compute_logits(hidden.index_select(0, row_index))
-        sampled = self.sampler(logits, self._sampling_batch(row_requests))
+        batch = self._sampling_batch(row_requests, prev)
+        pending.sampling_batch = batch
+        sampled = self.sampler(logits, batch)
         pending.track([r.request_id for r in row_requests], sampled.token_ids, multi_step=False)
         result = pending.result
         for j, request in enumerate(row_requests):

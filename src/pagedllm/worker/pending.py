@@ -25,6 +25,7 @@ class PendingStep:
     multi_step: bool = False  # token_ids is [rows, num_steps] (a multi-step round)
     token_ids: torch.Tensor | None = None  # device; None: nothing sampled
     last_token_ids: torch.Tensor | None = None  # device [rows]: each row's newest token
+    sampling_batch: Any = None  # the SamplingBatch used (a continuation of the rows reuses it)
     _host: torch.Tensor | None = None
     _event: Any = None  # torch.cuda.Event
     _collected: bool = False
