@@ -105,3 +105,30 @@ def test_continuation_not_planned_when_requests_wait(chat_prompts):
     assert [len(o.outputs[0].token_ids) for o in outputs] == [8] * 5
     assert queued_when_planned and not any(queued_when_planned)
     assert_all_blocks_free(llm)
+
+
+def test_failure_in_a_continuation_fails_its_requests_only(chat_prompts, monkeypatch):
+    llm, sizes = _async_llm()
+    model = llm.engine.runner.model
+    real_forward = model.forward
+    calls = {"n": 0}
+
+    def flaky_forward(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # a continuation round: launched while round 3 is in flight
+            raise RuntimeError("boom in a continuation")
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", flaky_forward)
+    params = SamplingParams(temperature=0.0, max_tokens=12, ignore_eos=True)
+    outs = llm.generate(chat_prompts[:3], params, use_tqdm=False)
+    assert sizes, "the failure was meant to hit a continuation"
+    for out in outs:
+        assert out.finished and out.outputs[0].finish_reason == "error"
+        assert "boom in a continuation" in out.error
+        assert 0 < len(out.outputs[0].token_ids) < 12
+    assert_all_blocks_free(llm)
+    monkeypatch.setattr(model, "forward", real_forward)
+    again = llm.generate(chat_prompts[:3], params, use_tqdm=False)
+    assert all(len(o.outputs[0].token_ids) == 12 for o in again)
+    assert_all_blocks_free(llm)

@@ -202,8 +202,7 @@ class LLMEngine:
                 return outputs
             current = self._launch(scheduled)
             if current is None:
-                outputs, self._pending = outputs + self._pending, []
-                return outputs
+                return outputs + self._take_pending()
         if self.async_scheduling:
             following = self.scheduler.schedule_continuation(current.scheduled)
             if following is not None:

@@ -171,7 +171,9 @@ class ModelRunner:
         logits = self.model.compute_logits(hidden[-2:])
         # and the sampler's kernels (fused temperature sampling plus greedy rows)
         params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
-        self.sampler(logits, self._sampling_batch_for(params))
+        batch = SamplingBatch.build(params, [[]] * 2, [[]] * 2, [None] * 2, self.device,
+                                    self.vocab_size)  # fmt: skip
+        self.sampler(logits, batch)
         torch.cuda.synchronize(self.device)
 
     # ------------------------------------------------------------------ steps
@@ -266,13 +268,6 @@ class ModelRunner:
             sampled.append(self.sampler(logits, batch).token_ids)
         ids = [r.request_id for r in row_requests]
         pending.track(ids, torch.stack(sampled, dim=1), multi_step=True)
-
-    def _sampling_batch_for(self, params: list[SamplingParams]) -> SamplingBatch:
-        """A sampling batch of fresh rows (no history, global RNG): the warm-up's."""
-        n = len(params)
-        return SamplingBatch.build(
-            params, [[]] * n, [[]] * n, [None] * n, self.device, self.vocab_size
-        )
 
     def _sampling_batch(
         self, row_requests: list[Request], prev: PendingStep | None = None
