@@ -9,7 +9,7 @@ a token that depends only on the sequence, so outputs are comparable across sche
 from __future__ import annotations
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
-from pagedllm.core.kv_cache_manager import KVCacheManager
+from pagedllm.core.kv_cache_coordinator import KVCacheManager
 from pagedllm.core.request import Request
 from pagedllm.core.scheduler import Scheduler, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams
@@ -62,15 +62,21 @@ def make_scheduler(
 
 def check_pool(kv: KVCacheManager) -> None:
     """Every block's ref_cnt equals the table entries naming it; free blocks are exactly ref 0."""
-    counts = [0] * kv.num_blocks
-    for table in kv._tables.values():
-        for block in table.blocks:
-            counts[block.block_id] += 1
+    counts = [0] * len(kv.pool.blocks)
+    null = kv.pool.null_block
+    for group in kv.groups:
+        for table in group.tables.values():
+            assert all(b is null for b in table.blocks[: table.num_null])
+            for block in table.live:
+                assert block is not null, "a live slot holds the null block"
+                counts[block.block_id] += 1
     for block in kv.pool.blocks:
+        if block is null:
+            continue  # never counted, never free
         assert block.ref_cnt >= 0
         assert block.ref_cnt == counts[block.block_id], block
     free = sorted(kv.pool.free_queue_ids())
-    assert free == [b.block_id for b in kv.pool.blocks if b.ref_cnt == 0]
+    assert free == [b.block_id for b in kv.pool.blocks if b.ref_cnt == 0 and b is not null]
     assert kv.num_free_blocks == len(free)
 
 
