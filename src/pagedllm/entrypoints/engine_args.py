@@ -44,6 +44,11 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
         "--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false"
     )
     parser.add_argument(
+        "--disable-hybrid-kv-cache",
+        action="store_true",
+        help="keep every KV page of sliding-window layers (no freeing outside the window)",
+    )
+    parser.add_argument(
         "--num-scheduler-steps",
         type=int,
         default=1,
