@@ -7,7 +7,7 @@ import pytest
 from pagedllm.config import CacheConfig
 from pagedllm.core import block_pool
 from pagedllm.core.block_pool import BlockPool, NoFreeBlocksError, make_block_hash
-from pagedllm.core.kv_cache_coordinator import KVCacheManager
+from pagedllm.core.kv_cache_manager import KVCacheManager
 
 
 def test_get_and_free_roundtrip():

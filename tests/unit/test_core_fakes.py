@@ -9,7 +9,7 @@ a token that depends only on the sequence, so outputs are comparable across sche
 from __future__ import annotations
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
-from pagedllm.core.kv_cache_coordinator import KVCacheManager
+from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request
 from pagedllm.core.scheduler import Scheduler, SchedulerOutput
 from pagedllm.sampling_params import SamplingParams

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pagedllm.core import block_pool
-from pagedllm.core.kv_cache_coordinator import KVCacheManager
+from pagedllm.core.kv_cache_manager import KVCacheManager
 from test_core_fakes import check_pool, make_request
 
 BS = 4

@@ -263,8 +263,8 @@ class BlockPool:
     ) -> bool:
         """Register a full, referenced block under ``(group, block_hash)`` in the index.
 
-        If an equal block is already indexed, this one stays unindexed (its content is a
-        duplicate; it is reused first once freed). Returns True when ``block`` was indexed.
+        Returns True when the block became findable. If an equal block is already indexed,
+        this one stays unindexed (its content is a duplicate; it is reused first once freed).
         """
         if not self.enable_caching or block.block_hash is not None:
             return False
@@ -277,6 +277,21 @@ class BlockPool:
         block.cache_group = group
         self._cached[key] = block
         return True
+
+    def uncache_block(self, block: KVBlock, block_hash: BlockHash) -> None:
+        """Make ``block`` unfindable if it is still indexed under ``block_hash``.
+
+        For blocks whose KV was never written (their step failed): a free one moves to the head
+        of the free queue, so it is reused before any block holding real KV. A block that was
+        evicted and reused since it was registered (another hash, or none) is left alone.
+        """
+        key = (block.cache_group, block_hash)
+        if block.block_hash is not block_hash or self._cached.get(key) is not block:
+            return
+        self._evict(block)
+        if block.ref_cnt == 0:
+            self._free.remove(block)
+            self._free.appendleft(block)
 
     def free_queue_ids(self) -> list[int]:
         """Block ids in eviction order (head first): for tests and debugging."""

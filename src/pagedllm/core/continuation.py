@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from pagedllm.config import SchedulerConfig
-from pagedllm.core.kv_cache_coordinator import KVCacheManager
+from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.multi_step import plain_sampling
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler_output import ScheduledRequest, SchedulerOutput

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from pagedllm.config import SchedulerConfig
-from pagedllm.core.kv_cache_coordinator import KVCacheManager
+from pagedllm.core.kv_cache_manager import KVCacheManager
 from pagedllm.core.request import Request
 
 

@@ -16,7 +16,8 @@ Invariants (per group, per request):
   first query sees). So after allocating a step of ``n`` new tokens and ``k`` lookahead slots it
   holds at most ``ceil((w - 1 + n + k) / block_size) + 1`` live blocks.
 * ``num_cached`` leading slots are registered in the prefix cache (or null); it only grows,
-  except when a step that registered blocks fails (``KVCacheManager.unregister_step``).
+  even when a failed step's registrations are undone (``KVCacheManager.uncache``: those
+  blocks just stop being findable).
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if "torch_dtype" not in config and "dtype" in config:
         config["torch_dtype"] = config["dtype"]
     fill_config_defaults(config)
-    layer_windows(config)  # an inconsistent window / layer pattern fails here, naming the field
+    if "num_hidden_layers" in config:
+        layer_windows(config)  # an inconsistent window / layer pattern fails here, naming it
     return config
 
 
