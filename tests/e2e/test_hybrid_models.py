@@ -8,6 +8,7 @@ with prefix-cache hits, under recompute and swap preemption, and with ``n = 3``.
 from __future__ import annotations
 
 import pytest
+import torch
 from hybrid_models import ARCHS, hf_greedy, prompts, save_tiny_model
 
 from e2e_utils import assert_all_blocks_free
@@ -111,3 +112,35 @@ def test_long_prompt_fits_only_through_window_freeing(tmp_path):
     full = LLM(**options, disable_hybrid_kv_cache=True)
     with pytest.raises(ValueError, match=r"needs up to 263 KV blocks"):
         full.generate([prompt], params, use_tqdm=False)
+
+
+def test_freed_pages_poisoned_with_nan_leave_outputs_exact(tiny):
+    """Before every step, every free page and the null block are filled with NaN: a kernel
+    that read a freed or null page would turn the logits into NaN or change the tokens."""
+    name, directory, ps, expected = tiny
+    llm = LLM(
+        model=str(directory),
+        dtype="float32",
+        block_size=4,
+        num_gpu_blocks=120,
+        max_num_batched_tokens=24,
+        enable_prefix_caching=False,
+    )
+    engine = llm.engine
+    kv, runner = engine.scheduler.kv_manager, engine.runner
+    launch = runner.launch
+    poisoned = []
+
+    def poisoning_launch(output, *args, **kwargs):
+        free = list(kv.pool.free_queue_ids())
+        if kv.pool.null_block is not None:
+            free.append(kv.pool.null_block.block_id)
+        index = torch.tensor(free, dtype=torch.long)
+        for pages in runner.cache.page_tensors:
+            pages[:, index] = float("nan")
+        poisoned.append(len(free))
+        return launch(output, *args, **kwargs)
+
+    runner.launch = poisoning_launch
+    _check(llm, ps, expected)
+    assert max(poisoned) > 0
