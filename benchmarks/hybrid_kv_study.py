@@ -86,7 +86,10 @@ def max_concurrency(layout: KVCacheLayout, num_blocks: int, ctx: int, args) -> i
     patience = -(-ctx // args.chunk) + 4
     count = 0
     while True:
-        sched.add_request(_request(f"r{count}", ctx + args.out_tokens, args.out_tokens))
+        try:
+            sched.add_request(_request(f"r{count}", ctx + args.out_tokens, args.out_tokens))
+        except ValueError:  # "needs N blocks": not even one fits this pool
+            return count
         new = sched.requests[f"r{count}"]
         for _ in range(patience):
             _step(sched)
