@@ -144,3 +144,19 @@ def test_freed_pages_poisoned_with_nan_leave_outputs_exact(tiny):
     runner.launch = poisoning_launch
     _check(llm, ps, expected)
     assert max(poisoned) > 0
+
+
+def test_multi_step_and_async_rounds_keep_window_slots_right(tiny):
+    """Multi-step rounds advance every group's slots on the device from its own table, and
+    async continuations allocate lookahead while the window frees pages behind it."""
+    name, directory, ps, expected = tiny
+    llm = LLM(
+        model=str(directory),
+        dtype="float32",
+        block_size=4,
+        num_gpu_blocks=200,
+        max_num_batched_tokens=256,
+        num_scheduler_steps=4,
+        async_scheduling=True,
+    )
+    _check(llm, ps, expected)
