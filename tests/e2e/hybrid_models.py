@@ -99,7 +99,9 @@ def hf_greedy(model, prompt: list[int], max_new: int) -> list[int]:
             eos_token_id=None,
             pad_token_id=0,
         )
-    return out[0, len(prompt) :].tolist()
+    new = out[0, len(prompt) :].tolist()
+    assert len(new) == max_new
+    return new
 
 
 def prompts(lengths: list[int], seed: int = 1234) -> list[list[int]]:
