@@ -131,6 +131,9 @@ def capacity(args) -> dict:
                 )
                 if sched.num_preemptions or decoding > count:
                     break
+            if len(sched.requests) < count + 1:
+                out.setdefault("lower_bound", "a request finished before the pool filled")
+                break
             if sched.num_preemptions or decoding <= count:
                 break
             count += 1

@@ -10,7 +10,8 @@ is a fixed byte budget (bf16 pages) cut into blocks of that layout's size, and
   ``out`` output tokens, chunked prefill) ever held, times the bytes of a block;
 * **concurrent batch** = how many requests of that context can be resident (decoding) at once:
   they are added one at a time, each decoding on, until the next one cannot complete its
-  prefill without the scheduler preempting someone.
+  prefill without the scheduler preempting someone (capped at ``max_num_seqs``, 256 as the
+  engine's default).
 
     PYTHONPATH=src python3 benchmarks/hybrid_kv_study.py --out benchmarks/results \
         --plot benchmarks/plots/hybrid_kv.png
@@ -45,7 +46,7 @@ def block_bytes(cfg: dict, layout: KVCacheLayout, block_size: int) -> int:
 
 def _scheduler(layout: KVCacheLayout, num_blocks: int, ctx: int, args) -> Scheduler:
     sched_cfg = SchedulerConfig(
-        max_num_seqs=1024,
+        max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.chunk,
         max_model_len=ctx + 8,
         enable_chunked_prefill=True,
@@ -79,25 +80,30 @@ def peak_blocks(layout: KVCacheLayout, ctx: int, args) -> tuple[int, int]:
     return peak, last
 
 
-def max_concurrency(layout: KVCacheLayout, num_blocks: int, ctx: int, args) -> int:
+def max_concurrency(layout: KVCacheLayout, num_blocks: int, ctx: int, args) -> tuple[int, str]:
     """Requests of context ``ctx`` resident at once: add them one at a time (each keeps
-    decoding) until one can no longer finish its prefill without a preemption."""
-    sched = _scheduler(layout, num_blocks, ctx + args.out_tokens, args)
+    decoding, so the earlier ones grow a little) until one can no longer finish its prefill
+    without a preemption. Returns (count, what stopped it)."""
+    out = args.resident_tokens
+    sched = _scheduler(layout, num_blocks, ctx + out, args)
     patience = -(-ctx // args.chunk) + 4
     count = 0
-    while True:
+    while count < args.max_num_seqs:
         try:
-            sched.add_request(_request(f"r{count}", ctx + args.out_tokens, args.out_tokens))
+            sched.add_request(_request(f"r{count}", ctx + out, out))
         except ValueError:  # "needs N blocks": not even one fits this pool
-            return count
+            return count, "refused"
         new = sched.requests[f"r{count}"]
         for _ in range(patience):
             _step(sched)
             if sched.num_preemptions or new.num_computed_tokens >= new.num_prompt_tokens:
                 break
+        if len(sched.requests) < count + 1:
+            return count, "a request finished (lower bound)"
         if sched.num_preemptions or new.num_computed_tokens < new.num_prompt_tokens:
-            return count
+            return count, "memory"
         count += 1
+    return count, "max_num_seqs"
 
 
 def study(args) -> list[dict]:
@@ -112,7 +118,7 @@ def study(args) -> list[dict]:
                 per_block = block_bytes(cfg, layout, args.block_size)
                 num_blocks = args.kv_gib * (1 << 30) // per_block
                 peak, decode = peak_blocks(layout, ctx, args)
-                batch = max_concurrency(layout, num_blocks, ctx, args)
+                batch, limit = max_concurrency(layout, num_blocks, ctx, args)
                 rows.append(
                     dict(
                         preset=preset,
@@ -127,6 +133,7 @@ def study(args) -> list[dict]:
                         decode_blocks_per_request=decode,
                         decode_kv_bytes_per_request=decode * per_block,
                         max_concurrent=batch,
+                        concurrency_limit=limit,
                         seconds=round(time.perf_counter() - t0, 2),
                     )
                 )
@@ -140,7 +147,7 @@ def _fmt(r: dict) -> str:
     on = "free " if r["freeing"] else "keep "
     return (
         f"{r['preset']:<11} {r['context']:>7} {on} groups={r['groups']:<2} "
-        f"KV/request peak={mib:>9.1f} decode={dec:>9.1f} MiB  concurrent={r['max_concurrent']:>5}  ({r['seconds']} s)"
+        f"KV/request peak={mib:>9.1f} decode={dec:>9.1f} MiB  concurrent={r['max_concurrent']:>5} ({r['concurrency_limit']}, {r['seconds']} s)"
     )
 
 
@@ -186,6 +193,8 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=8192, help="max_num_batched_tokens")
     parser.add_argument("--out-tokens", dest="out_tokens", type=int, default=256)
+    parser.add_argument("--resident-tokens", type=int, default=2048, help="max_tokens there")
+    parser.add_argument("--max-num-seqs", type=int, default=256, help="engine default")
     parser.add_argument("--presets", nargs="+", default=list(PRESETS))
     parser.add_argument("--contexts", nargs="+", type=int, default=list(CONTEXTS))
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds)")
