@@ -35,6 +35,16 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.90)
     parser.add_argument("--swap-space", type=int, default=0, help="bytes of CPU swap space")
     parser.add_argument(
+        "--cpu-cache-memory",
+        type=int,
+        default=0,
+        help="bytes of host memory keeping evicted prefix-cache pages (host tier; 0 = off)",
+    )
+    parser.add_argument(
+        "--kv-disk-path", default=None, help="directory of the disk tier below the host tier"
+    )
+    parser.add_argument("--kv-disk-bytes", type=int, default=0, help="disk tier bound in bytes")
+    parser.add_argument(
         "--preemption-mode", default="recompute", choices=["recompute", "swap", "auto"]
     )
     parser.add_argument("--max-model-len", type=int, default=4096)
