@@ -238,10 +238,32 @@ class KVTiers:
         for record in written:
             if record[0] == "host":
                 self.host.drop(record[1], record[2])
+                if record[2] == -1 and self.disk is not None:
+                    # a failed disk read (a file corrupted since start-up?): never again
+                    group, block_hash = record[1]
+                    self._drop_disk(group, self.digest(block_hash))
             elif self.disk is not None:
-                name = self.disk.drop(record[1], record[2])
-                if name is not None:
-                    self._moves.disk_delete.append(name)
+                self._drop_disk(record[1], record[2])
+
+    def _drop_disk(self, group: int, digest: str) -> None:
+        name = self.disk.drop(group, digest)
+        if name is not None:
+            self._moves.disk_delete.append(name)
+
+    def restore_disk(self, entries: list[tuple[int, str]]) -> list[str]:
+        """Index the valid entries found on disk at start-up (oldest first); returns the
+        names that did not fit the bound (the caller deletes those files)."""
+        if self.disk is None:
+            return [self.disk_name(g, d) for g, d in entries]
+        dropped = []
+        for group, digest in entries:
+            dropped.extend(self.disk.add(group, digest)[1])
+        return dropped
+
+    @staticmethod
+    def disk_name(group: int, digest: str) -> str:
+        """The entry name of a disk block."""
+        return DiskIndex.name_of(group, digest)
 
     def forget_block(self, block: KVBlock, block_hash: BlockHash, num_groups: int) -> None:
         """A registration of ``block`` is undone but the block was evicted meanwhile: drop the
@@ -251,6 +273,4 @@ class KVTiers:
             if self.host.drop(key, block.block_id):
                 continue
             if self.disk is not None and self.host.entry(key) is None:
-                name = self.disk.drop(group, self.digest(block_hash))
-                if name is not None:
-                    self._moves.disk_delete.append(name)
+                self._drop_disk(group, self.digest(block_hash))

@@ -105,7 +105,7 @@ class ModelRunner:
         per_block = self.kv_spec.bytes_per_block
         num_cpu = cache.num_cpu_blocks
         if num_cpu is None:
-            num_cpu = cache.swap_space // per_block
+            num_cpu = (cache.swap_space + cache.cpu_cache_memory) // per_block
         if cache.num_gpu_blocks is not None:
             return cache.num_gpu_blocks, num_cpu
         if cache.kv_cache_memory is not None:
@@ -209,11 +209,9 @@ class ModelRunner:
         scheduled request has a ``prev_row`` (async scheduling).
         """
         assert self.cache is not None, "init_cache() must run before launch()"
-        # this order is the KV manager's: a block swapped out may be reused as a CoW target,
-        # and a swap-in may land in a block freed by a swap-out
-        self.cache.swap_out(output.blocks_to_swap_out)
-        self.cache.copy_blocks(output.blocks_to_copy)
-        self.cache.swap_in(output.blocks_to_swap_in)
+        # the KV manager's order (core/scheduler_output.py): a block swapped out or written
+        # back may be reused as a CoW target, a swap-in or load may land in a freed block
+        self.cache.apply_moves(output)
         pending = PendingStep(ModelOutput())
         if not output.scheduled:
             return pending
