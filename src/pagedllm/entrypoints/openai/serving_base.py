@@ -23,6 +23,7 @@ from pagedllm.engine.async_engine import (
 )
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.entrypoints.openai.errors import APIError, error_body
+from pagedllm.entrypoints.openai.protocol import PromptTokensDetails
 from pagedllm.metrics import ServerMetrics
 from pagedllm.sampling_params import SamplingParams
 
@@ -204,6 +205,12 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 def top_logprobs(lp: dict[int, float], k: int) -> list[tuple[int, float]]:
     """The ``k`` most likely (token id, logprob) pairs of one position, best first."""
     return sorted(lp.items(), key=lambda kv: kv[1], reverse=True)[:k]
+
+
+def cached_details(outputs: Sequence[RequestOutput]) -> PromptTokensDetails:
+    """``usage.prompt_tokens_details``: prompt tokens found in any prefix-cache tier (the one
+    source is ``RequestOutput.num_cached_tokens``)."""
+    return PromptTokensDetails(cached_tokens=sum(o.num_cached_tokens for o in outputs))
 
 
 def usage_counts(outputs: Sequence[RequestOutput]) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from pagedllm.entrypoints.openai.serving_base import (
     ServerState,
     all_final,
     build_params,
+    cached_details,
     merge_streams,
     sse,
     sse_error,
@@ -116,6 +117,7 @@ async def create_chat_completion(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=cached_details([out]),
     )
     response = ChatCompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
     return JSONResponse(response.model_dump())
@@ -138,9 +140,11 @@ async def _stream(
         yield chunk([ChatStreamChoice(index=i, delta=DeltaMessage(role="assistant", content=""))])
     prompt_tokens = completion_tokens = 0
     k = body.top_logprobs or 0
+    last = None
     try:
         async for _, out in merge_streams(streams):
             prompt_tokens = len(out.prompt_token_ids)
+            last = out
             for comp in out.outputs:
                 completion_tokens += len(comp.delta_token_ids)
                 if not comp.delta_text and not comp.delta_token_ids and not comp.finished:
@@ -161,6 +165,7 @@ async def _stream(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                prompt_tokens_details=cached_details([] if last is None else [last]),
             )
             yield chunk([], usage)
     except Exception as exc:  # noqa: BLE001 - reported in-stream: the headers are already sent

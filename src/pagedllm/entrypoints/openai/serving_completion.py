@@ -22,6 +22,7 @@ from pagedllm.entrypoints.openai.serving_base import (
     ServerState,
     all_final,
     build_params,
+    cached_details,
     merge_streams,
     sse,
     sse_error,
@@ -138,6 +139,7 @@ def _response(
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
         total_tokens=prompt_tokens + completion_tokens,
+        prompt_tokens_details=cached_details(outputs),
     )
     return CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
 
@@ -161,8 +163,10 @@ async def _stream(
     builders: dict[int, CompletionLogprobBuilder] = {}
     prompt_tokens = completion_tokens = 0
     echoed: set[int] = set()
+    last: dict[int, RequestOutput] = {}  # per prompt: its latest output
     try:
         async for p, out in merge_streams(streams):
+            last[p] = out
             if p not in echoed:
                 echoed.add(p)
                 prompt_tokens += len(out.prompt_token_ids)
@@ -193,6 +197,7 @@ async def _stream(
                 prompt_tokens=prompt_tokens,
                 completion_tokens=completion_tokens,
                 total_tokens=prompt_tokens + completion_tokens,
+                prompt_tokens_details=cached_details(list(last.values())),
             )
             yield sse(CompletionResponse(id=request_id, model=model, choices=[], usage=usage))
     except Exception as exc:  # noqa: BLE001 - reported in-stream: the headers are already sent
