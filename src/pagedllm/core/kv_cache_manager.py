@@ -201,6 +201,11 @@ class KVCacheManager:
         tokens = request.all_token_ids
         found: GroupHits = [[] for _ in self.groups]
         parent: BlockHash | None = None
+        # a disk hit is read into a host page: stop where the host pool has no more room
+        # (host hits pin their pages, which leaves fewer to evict), or the request would wait
+        # for room forever
+        room = self.tiers.host.num_free + self.tiers.host.num_evictable()
+        num_tier = num_disk = 0
         for i in range((len(tokens) - 1) // bs):
             chunk = tokens[i * bs : (i + 1) * bs]
             block_hash = make_block_hash(parent, chunk)
@@ -209,6 +214,11 @@ class KVCacheManager:
                 b is None for b, m in zip(row, self.groups, strict=True) if m.sliding_window is None
             ):
                 break  # a full group misses: no longer hit is possible
+            tier = [b for b in row if isinstance(b, TierHit)]
+            num_tier += len(tier)
+            num_disk += sum(1 for b in tier if b.page is None)
+            if num_disk and num_tier > room:
+                break
             for g, block in enumerate(row):
                 found[g].append(block)
             # chain from a cached object so later equality checks stop at identity

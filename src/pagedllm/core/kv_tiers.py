@@ -68,6 +68,7 @@ class DiskIndex:
         """At most ``capacity`` entries (``kv_disk_bytes`` // bytes per entry)."""
         self.capacity = capacity
         self._entries: OrderedDict[tuple[int, str], str] = OrderedDict()
+        self._pinned: set[tuple[int, str]] = set()  # read by the plan being built
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -81,9 +82,14 @@ class DiskIndex:
         """The entry's name, or None."""
         return self._entries.get((group, digest))
 
-    def touch(self, group: int, digest: str) -> None:
-        """Mark most recently used."""
+    def pin(self, group: int, digest: str) -> None:
+        """Mark most recently used and keep until ``end_step`` (the plan reads it)."""
         self._entries.move_to_end((group, digest))
+        self._pinned.add((group, digest))
+
+    def end_step(self) -> None:
+        """The plan is complete: its entries may be evicted again."""
+        self._pinned.clear()
 
     def add(self, group: int, digest: str) -> tuple[str | None, list[str]]:
         """Index a new entry: (its name or None if already there, names evicted for room)."""
@@ -92,7 +98,10 @@ class DiskIndex:
             return None, []
         evicted = []
         while len(self._entries) >= self.capacity:
-            evicted.append(self._entries.popitem(last=False)[1])
+            victim = next((k for k in self._entries if k not in self._pinned), None)
+            if victim is None:
+                return None, evicted  # every entry is read by this plan: keep them
+            evicted.append(self._entries.pop(victim))
         name = self._entries[key] = self.name_of(group, digest)
         return name, evicted
 
@@ -179,19 +188,22 @@ class KVTiers:
 
         Call before allocating device blocks for them, so no eviction can take those pages.
         """
+        for hit in hits:
+            if hit.page is not None:
+                self.host.pin_for_load((hit.group, hit.block_hash))
+            else:  # before any spill below could evict it
+                self.disk.pin(hit.group, self.digest(hit.block_hash))
         if sum(1 for h in hits if h.page is None) > self.host.num_free + self.host.num_evictable():
-            return False
+            return False  # (get_computed_blocks stops a hit before this can happen)
         for hit in hits:
             key = (hit.group, hit.block_hash)
             if hit.page is not None:
-                self.host.pin_for_load(key)
                 continue
             page = self.host.store(key, -1)  # disk: read into a host page (stays cached)
             assert page is not None, "room was checked above"
             self._spill_evicted()
             self._moves.disk_read.append((hit.name, page))
             self._written.append(("host", key, -1))
-            self.disk.touch(hit.group, self.digest(hit.block_hash))
             self.stats.disk_hit_blocks += 1
             self.stats.disk_read_blocks += 1
         return True
@@ -216,6 +228,10 @@ class KVTiers:
             name, dropped = self.disk.add(group, digest)
             self._moves.disk_delete.extend(dropped)
             if name is not None:
+                # deletes run after writes in a plan: a name evicted and written again in
+                # the same plan must not be deleted
+                while name in self._moves.disk_delete:
+                    self._moves.disk_delete.remove(name)
                 self._moves.disk_write.append((page, name))
                 self._written.append(("disk", group, digest))
                 self.stats.disk_written_blocks += 1
@@ -226,6 +242,8 @@ class KVTiers:
         self._spill_evicted()  # swap allocations may have evicted cached pages
         moves, self._moves = self._moves, TierMoves()
         self.host.end_step()
+        if self.disk is not None:
+            self.disk.end_step()
         return moves
 
     def take_written(self) -> list[tuple]:
