@@ -127,6 +127,7 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
+        self._check_constraints(params)
         if len(ids) >= self.max_model_len:
             raise ValueError(
                 f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
@@ -166,6 +167,16 @@ class LLMEngine:
         for request in requests:
             self._group_of[request.request_id] = group
         self.prompt_tokens_total += len(ids)
+
+    def _check_constraints(self, params: SamplingParams) -> None:
+        """logit_bias ids inside the vocabulary; the grammar compiles (cached for the run)."""
+        for token_id in params.logit_bias or {}:
+            if token_id >= self.vocab_size:
+                raise ValueError(
+                    f"logit_bias token id {token_id} is outside the vocabulary "
+                    f"(size {self.vocab_size})"
+                )
+        self.runner.structured.validate(params.structured_output)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         """Stop requests wherever they are; unknown ids are ignored (they may have finished).

@@ -6,11 +6,13 @@ One ``SamplingBatch`` is built per step from the rows' ``SamplingParams`` and hi
 1. raw logprobs (only when some row asked for ``logprobs``): ``log_softmax`` of the logits as
    the model produced them, before bans, penalties, temperature and truncation. This is vLLM's
    default (``logprobs_mode="raw_logprobs"``) and what the OpenAI API reports.
-2. banned tokens (min_tokens: EOS / stop_token_ids of rows still too short) -> ``-inf``.
-3. penalties: repetition (HF/vLLM: over prompt + output tokens, positive logits divided,
+2. logit bias (OpenAI ``logit_bias``), then the structured-output bitmask: tokens the row's
+   grammar does not allow -> ``-inf`` (``apply_bias_and_grammar``, one self-contained step).
+3. banned tokens (min_tokens: EOS / stop_token_ids of rows still too short) -> ``-inf``.
+4. penalties: repetition (HF/vLLM: over prompt + output tokens, positive logits divided,
    negative multiplied), then frequency and presence (OpenAI: over output tokens only).
-4. greedy rows take the argmax here; if every row is greedy nothing else runs.
-5. temperature -> min_p -> top_k -> top_p -> sample by the exponential race
+5. greedy rows take the argmax here; if every row is greedy nothing else runs.
+6. temperature -> min_p -> top_k -> top_p -> sample by the exponential race
    (``argmax(probs / E)``, ``E ~ Exponential(1)``), which equals sampling from ``probs`` and needs
    no host sync. A row with its own ``torch.Generator`` draws its noise from it alone, so the same
    seed gives the same tokens whatever else shares the batch.
@@ -23,6 +25,7 @@ with noise drawn in the kernel): same distribution, other random draws.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -91,6 +94,12 @@ class SamplingBatch:
     # Logprobs: k per row (None: row did not ask), and the max over rows (None: nobody asked).
     num_logprobs: list[int | None] = field(default_factory=list)
     max_num_logprobs: int | None = None
+    # logit_bias as (row, token, bias) triples (None when no row has one).
+    bias_rows: torch.Tensor | None = None
+    bias_cols: torch.Tensor | None = None
+    bias_values: torch.Tensor | None = None
+    # Structured outputs: [N, ceil(V / 32)] int32 allowed-token words (None: no constraint).
+    grammar_bitmask: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -102,6 +111,7 @@ class SamplingBatch:
         device: torch.device | str,
         vocab_size: int,
         banned_token_ids: list[list[int]] | None = None,
+        grammar_bitmask: Any = None,
     ) -> SamplingBatch:
         """Build the batch for one step; all lists are per row, in the logits' row order.
 
@@ -109,6 +119,8 @@ class SamplingBatch:
         ``output_token_ids`` only when some row has any penalty. ``generators[i]`` is the row's
         own generator (seeded requests) or ``None`` (the global RNG). ``banned_token_ids[i]``
         lists token ids row ``i`` must not produce this step (ids >= vocab_size are ignored).
+        ``grammar_bitmask`` is the host ``[N, ceil(V / 32)]`` int32 mask of allowed tokens from
+        ``StructuredOutputManager.bitmask`` (or None); it is copied without a host sync.
         """
         n = len(params)
         if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == n):
@@ -150,6 +162,9 @@ class SamplingBatch:
         batch._build_penalties(params, output_token_ids, prompt_token_ids, device)
         if banned_token_ids is not None:
             batch._build_bans(banned_token_ids, device)
+        batch._build_bias(params, device)
+        if grammar_bitmask is not None:
+            batch.grammar_bitmask = to_device(grammar_bitmask, torch.int32, device)
         return batch
 
     @property
@@ -166,6 +181,8 @@ class SamplingBatch:
             or self.banned_rows is not None
             or self.seen_mask is not None
             or self.output_counts is not None
+            or self.bias_rows is not None
+            or self.grammar_bitmask is not None
         )
 
     def _build_penalties(
@@ -188,6 +205,21 @@ class SamplingBatch:
             prompt_counts = _token_counts(prompt_token_ids, self.vocab_size, device)
             self.seen_mask = (counts > 0) | (prompt_counts > 0)
             self.repetition_penalty = _f32([p.repetition_penalty for p in params], device)[:, None]
+
+    def _build_bias(self, params: list[SamplingParams], device: torch.device) -> None:
+        rows: list[int] = []
+        cols: list[int] = []
+        values: list[float] = []
+        for row, p in enumerate(params):
+            for token_id, bias in (p.logit_bias or {}).items():
+                if token_id < self.vocab_size:  # checked against the vocabulary at admission
+                    rows.append(row)
+                    cols.append(token_id)
+                    values.append(bias)
+        if rows:
+            self.bias_rows = to_device(rows, torch.int64, device)
+            self.bias_cols = to_device(cols, torch.int64, device)
+            self.bias_values = _f32(values, device)
 
     def _build_bans(self, banned_token_ids: list[list[int]], device: torch.device) -> None:
         if len(banned_token_ids) != self.num_rows:
@@ -240,6 +272,7 @@ class Sampler:
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = apply_bias_and_grammar(logits, batch)
         logits = apply_bans_and_penalties(logits, batch)
         token_ids = logits.argmax(dim=-1)
         if not batch.all_greedy:
@@ -268,6 +301,25 @@ def _fused_temperature_sample(logits: torch.Tensor, batch: SamplingBatch) -> tor
     if batch.any_greedy:
         sampled = torch.where(batch.greedy, logits.argmax(dim=-1), sampled)
     return sampled
+
+
+def apply_bias_and_grammar(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
+    """Add each row's logit bias, then set the tokens its grammar forbids to ``-inf``.
+
+    All on the logits' device with no host sync: the bitmask words are unpacked by shifts
+    (``[N, W, 32]`` bits -> ``[N, 32 * W]``, cut to V). A copy is returned if anything applies.
+    """
+    if batch.bias_rows is None and batch.grammar_bitmask is None:
+        return logits
+    logits = logits.clone()
+    if batch.bias_rows is not None:
+        logits.index_put_((batch.bias_rows, batch.bias_cols), batch.bias_values, accumulate=True)
+    if batch.grammar_bitmask is not None:
+        words = batch.grammar_bitmask
+        shifts = torch.arange(32, dtype=torch.int32, device=words.device)
+        allowed = ((words[:, :, None] >> shifts) & 1).bool().flatten(1)[:, : logits.shape[1]]
+        logits.masked_fill_(~allowed, float("-inf"))
+    return logits
 
 
 def apply_bans_and_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:

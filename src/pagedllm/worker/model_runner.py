@@ -21,6 +21,7 @@ from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logpr
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured.manager import StructuredOutputManager
 from pagedllm.transfer import to_device
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
@@ -73,6 +74,8 @@ class ModelRunner:
         self.cache: CacheEngine | None = None
         self.graphs: CudaGraphRunner | None = None
         self._generators: dict[str, torch.Generator] = {}
+        # grammar matchers of constrained sequences (the engine validates through it too)
+        self.structured = StructuredOutputManager(source.tokenizer, self.vocab_size)
 
     # ----------------------------------------------------------------- set-up
     def _weights(self, source: ModelSource):  # noqa: ANN202 - an iterator of (name, tensor)
@@ -288,6 +291,11 @@ class ModelRunner:
             banned_token_ids=[_banned_tokens(r) for r in row_requests],
             device=self.device,
             vocab_size=self.vocab_size,
+            grammar_bitmask=self.structured.bitmask(
+                [r.request_id for r in row_requests],
+                [r.sampling_params.structured_output for r in row_requests],
+                [r.output_token_ids for r in row_requests],
+            ),
         )
 
     def _sample(
@@ -366,6 +374,7 @@ class ModelRunner:
         """Forget per-request state (seeded generators) of finished requests."""
         for request_id in request_ids:
             self._generators.pop(request_id, None)
+        self.structured.release(request_ids)
 
 
 def _banned_tokens(request: Request) -> list[int]:
