@@ -16,7 +16,7 @@ from .params import StructuredOutputParams
 
 # Compact separators: a model constrained to flexible whitespace can pad JSON with blanks until
 # max_tokens; OpenAI's own strict mode emits compact JSON too.
-_JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
+JSON_OPTIONS = {"item_separator": ", ", "key_separator": ": ", "whitespace_flexible": False}
 
 
 def _llguidance() -> Any:
@@ -34,18 +34,18 @@ def grammar_text(spec: StructuredOutputParams) -> str:
     ll = _llguidance()
     kind = spec.kind
     if kind == "json":
-        return ll.LLMatcher.grammar_from_json_schema(spec.json, defaults=_JSON_OPTIONS)
+        return ll.LLMatcher.grammar_from_json_schema(spec.json, defaults=JSON_OPTIONS)
     if kind == "json_object":
-        return ll.LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=_JSON_OPTIONS)
+        return ll.LLMatcher.grammar_from_json_schema({"type": "object"}, defaults=JSON_OPTIONS)
     if kind == "regex":
         return ll.LLMatcher.grammar_from_regex(spec.regex)
     if kind == "choice":
         alternatives = " | ".join(json.dumps(c) for c in spec.choice)
         return ll.LLMatcher.grammar_from_lark(f"start: {alternatives}\n")
-    grammar = spec.grammar
-    if "::=" in grammar:  # GBNF / EBNF as llama.cpp and xgrammar write it
-        grammar = ll.gbnf_to_lark(grammar)
-    return ll.LLMatcher.grammar_from_lark(grammar)
+    from llguidance.gbnf_to_lark import any_to_lark
+
+    # GBNF / EBNF (``root ::= ...``, as llama.cpp and xgrammar write it) becomes Lark
+    return ll.LLMatcher.grammar_from_lark(any_to_lark(spec.grammar))
 
 
 class GrammarCompiler:
