@@ -140,6 +140,19 @@ def test_tool_choice_errors(http, server):
     assert missing.status_code == 400 and missing.json()["error"]["param"] == "tool_choice"
     no_tools = post(tool_choice="required")
     assert no_tools.status_code == 400
-    bad_args = post(messages=QUESTION + [{"role": "assistant", "tool_calls": [{
-        "id": "c1", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}])
+    bad_args = post(
+        messages=QUESTION
+        + [
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    {
+                        "id": "c1",
+                        "type": "function",
+                        "function": {"name": "f", "arguments": "{oops"},
+                    }
+                ],
+            }
+        ]
+    )
     assert bad_args.status_code == 400  # fmt: skip
