@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from pagedllm.layers import _fused
+from pagedllm.layers.logit_constraints import apply_bias_and_grammar, logit_bias_triples
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.transfer import to_device
 
@@ -162,7 +163,9 @@ class SamplingBatch:
         batch._build_penalties(params, output_token_ids, prompt_token_ids, device)
         if banned_token_ids is not None:
             batch._build_bans(banned_token_ids, device)
-        batch._build_bias(params, device)
+        batch.bias_rows, batch.bias_cols, batch.bias_values = logit_bias_triples(
+            params, vocab_size, device
+        )
         if grammar_bitmask is not None:
             batch.grammar_bitmask = to_device(grammar_bitmask, torch.int32, device)
         return batch
@@ -205,21 +208,6 @@ class SamplingBatch:
             prompt_counts = _token_counts(prompt_token_ids, self.vocab_size, device)
             self.seen_mask = (counts > 0) | (prompt_counts > 0)
             self.repetition_penalty = _f32([p.repetition_penalty for p in params], device)[:, None]
-
-    def _build_bias(self, params: list[SamplingParams], device: torch.device) -> None:
-        rows: list[int] = []
-        cols: list[int] = []
-        values: list[float] = []
-        for row, p in enumerate(params):
-            for token_id, bias in (p.logit_bias or {}).items():
-                if token_id < self.vocab_size:  # checked against the vocabulary at admission
-                    rows.append(row)
-                    cols.append(token_id)
-                    values.append(bias)
-        if rows:
-            self.bias_rows = to_device(rows, torch.int64, device)
-            self.bias_cols = to_device(cols, torch.int64, device)
-            self.bias_values = _f32(values, device)
 
     def _build_bans(self, banned_token_ids: list[list[int]], device: torch.device) -> None:
         if len(banned_token_ids) != self.num_rows:
@@ -301,25 +289,6 @@ def _fused_temperature_sample(logits: torch.Tensor, batch: SamplingBatch) -> tor
     if batch.any_greedy:
         sampled = torch.where(batch.greedy, logits.argmax(dim=-1), sampled)
     return sampled
-
-
-def apply_bias_and_grammar(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
-    """Add each row's logit bias, then set the tokens its grammar forbids to ``-inf``.
-
-    All on the logits' device with no host sync: the bitmask words are unpacked by shifts
-    (``[N, W, 32]`` bits -> ``[N, 32 * W]``, cut to V). A copy is returned if anything applies.
-    """
-    if batch.bias_rows is None and batch.grammar_bitmask is None:
-        return logits
-    logits = logits.clone()
-    if batch.bias_rows is not None:
-        logits.index_put_((batch.bias_rows, batch.bias_cols), batch.bias_values, accumulate=True)
-    if batch.grammar_bitmask is not None:
-        words = batch.grammar_bitmask
-        shifts = torch.arange(32, dtype=torch.int32, device=words.device)
-        allowed = ((words[:, :, None] >> shifts) & 1).bool().flatten(1)[:, : logits.shape[1]]
-        logits.masked_fill_(~allowed, float("-inf"))
-    return logits
 
 
 def apply_bans_and_penalties(logits: torch.Tensor, batch: SamplingBatch) -> torch.Tensor:
