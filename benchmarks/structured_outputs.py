@@ -52,13 +52,20 @@ def _valid(text: str) -> bool:
     )
 
 
-def _timed(llm, prompts, params, repeats: int) -> tuple[float, list]:
-    times, outs = [], None
+def _timed(llm, prompts, params) -> tuple[float, list]:
+    start = time.perf_counter()
+    outs = llm.generate(prompts, params, use_tqdm=False)
+    return time.perf_counter() - start, outs
+
+
+def _interleaved(llm, prompts, variants: dict, repeats: int) -> dict[str, float]:
+    """Median seconds per variant; the variants alternate within each repeat so that a
+    machine whose load drifts (a shared CPU) weighs on all of them alike."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(repeats):
-        start = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=False)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), outs
+        for name, params in variants.items():
+            times[name].append(_timed(llm, prompts, params)[0])
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> int:
@@ -84,7 +91,7 @@ def main() -> int:
         temperature=0, max_tokens=96, structured_output=StructuredOutputParams(json=SCHEMA)
     )
     llm.generate(prompts[:2], SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up
-    t_json, outs = _timed(llm, prompts, constrained, repeats)
+    _, outs = _timed(llm, prompts, constrained)
     texts = [o.outputs[0].text for o in outs]
     bad = [t for t in texts if not _valid(t)]
     if bad:
@@ -92,15 +99,11 @@ def main() -> int:
         return 1
     lengths = [len(o.outputs[0].token_ids) for o in outs]
     plain = [SamplingParams(temperature=0, max_tokens=n, ignore_eos=True) for n in lengths]
-    t_plain, _ = _timed(llm, prompts, plain, repeats)
-    t_one, _ = _timed(llm, prompts, [constrained] + plain[1:], repeats)
+    variants = {"plain": plain, "json_all": constrained, "json_one": [constrained] + plain[1:]}
+    rows = _interleaved(llm, prompts, variants, repeats)
+    t_plain = rows["plain"]
     mask_s = _mask_host_time(llm, outs, constrained)
     tokens = sum(lengths)
-    rows = {
-        "plain": t_plain,
-        "json_all": t_json,
-        "json_one": t_one,
-    }
     result = {
         "device": str(llm.engine.runner.device),
         "batch": batch,
