@@ -125,7 +125,7 @@ def decode_split_sweep(smoke: bool) -> dict:
         rows = {}
         for splits in splits_list:
 
-            def call(splits=splits):
+            def call(splits=splits, q=q, cache=cache, meta=meta, scale=scale):
                 return paged_decode_attention(
                     q, cache, meta.block_tables, meta.seq_lens, scale, num_splits=splits
                 )
@@ -140,6 +140,19 @@ def decode_split_sweep(smoke: bool) -> dict:
         out[f"{num_seqs}x{ctx}"] = {"kv_bytes": kv_bytes, "heuristic": heuristic, "rows": rows}
         del cache
     return out
+
+
+def kernel_totals(prof, n: int) -> tuple[float, list]:
+    """Device microseconds in all kernels, and the ``n`` kernels that took the most."""
+    per_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
+    busy = 0.0
+    for ev in prof.events():
+        if ev.device_type == torch.autograd.DeviceType.CUDA:
+            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
+            busy += us
+            per_kernel[ev.name[:90]][0] += us
+            per_kernel[ev.name[:90]][1] += 1
+    return busy, sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:n]
 
 
 def make_llm(smoke: bool, max_model_len: int, **extra) -> LLM:
@@ -284,15 +297,7 @@ def decode_profile(smoke: bool, state: dict) -> dict:
         wall = time.perf_counter() - t
     while engine.has_unfinished_requests():
         engine.step()
-    per_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    busy = 0.0
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-            busy += us
-            per_kernel[ev.name[:90]][0] += us
-            per_kernel[ev.name[:90]][1] += 1
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:20]
+    busy, top = kernel_totals(prof, 20)
     return {
         "window_steps": window,
         "wall_ms_per_step": wall * 1e3 / window,
@@ -320,15 +325,7 @@ def prefill_profile(smoke: bool, state: dict) -> dict:
         llm.generate(prompts, params, use_tqdm=False)
         sync()
         wall = time.perf_counter() - t
-    per_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    busy = 0.0
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-            busy += us
-            per_kernel[ev.name[:90]][0] += us
-            per_kernel[ev.name[:90]][1] += 1
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:15]
+    busy, top = kernel_totals(prof, 15)
     return {
         "wall_s": wall,
         "gpu_s": busy / 1e6,
