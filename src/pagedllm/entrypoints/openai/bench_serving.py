@@ -205,6 +205,12 @@ async def _main(args: argparse.Namespace) -> list[dict]:
 
 def run_bench_serve(args: argparse.Namespace) -> int:
     """Run the sweep; print the table; write JSON to ``--out``. 0 when every request succeeded."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            "pagedllm bench serve needs httpx: pip install 'pagedllm[bench]' (or '[server]')"
+        ) from exc
     rows = asyncio.run(_main(args))
     print(format_table(rows))
     if args.out:
