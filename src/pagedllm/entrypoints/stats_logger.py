@@ -138,7 +138,7 @@ def add_logging_args(parser: Any) -> None:
     parser.add_argument(
         "--log-prompts",
         action="store_true",
-        help="with --log-requests: include the prompt (first 200 characters)",
+        help="log requests (as --log-requests) with their prompt (first 200 characters)",
     )
     parser.add_argument(
         "--log-stats-interval",
@@ -150,8 +150,9 @@ def add_logging_args(parser: Any) -> None:
 
 def attach_loggers(async_engine: Any, args: Any) -> None:
     """Wire ``--log-requests`` and ``--log-stats-interval`` into an ``AsyncLLMEngine``."""
-    if getattr(args, "log_requests", False):
-        async_engine.request_logger = RequestLogger(log_prompts=args.log_prompts)
+    log_prompts = bool(getattr(args, "log_prompts", False))
+    if getattr(args, "log_requests", False) or log_prompts:
+        async_engine.request_logger = RequestLogger(log_prompts=log_prompts)
     interval = getattr(args, "log_stats_interval", 0) or 0
     if interval < 0:
         raise ValueError(f"log_stats_interval must be >= 0 seconds, got {interval}")
