@@ -384,12 +384,25 @@ class LLMEngine:
         self._forget(group)
 
     def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
-        """Fail every request of a step; their final outputs wait in ``_pending``."""
+        """Fail every request of a step; their final outputs wait in ``_pending``.
+
+        The step's KV was not (reliably) written, so first the blocks it registered in the
+        prefix cache become unfindable again, and so do those of a continuation queued behind
+        it (which reads the failed step's tokens). The requests whose pages the step's swap
+        copies were moving fail with it: their pages hold nothing trustworthy.
+        """
+        plans = [scheduled]
+        if self._in_flight is not None and self._in_flight.scheduled is not scheduled:
+            plans.append(self._in_flight.scheduled)
+        for plan in plans:
+            self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
-        for sched in scheduled.scheduled:
-            group = self._group_of.get(sched.request_id)
-            if group is not None and group.request_id in self._groups:
-                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+        for plan in plans:
+            ids = [s.request_id for s in plan.scheduled]
+            for request_id in ids + plan.swapped_in_ids + plan.swapped_out_ids:
+                group = self._group_of.get(request_id)
+                if group is not None and group.request_id in self._groups:
+                    self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""
