@@ -227,3 +227,34 @@ def test_kv_snapshot_follows_the_pool():
     assert idle["counts"]["cached"] >= 2 and set(idle["cells"]) <= {FREE, CACHED}
     small = take_kv_snapshot(sched, max_cells=5)
     assert small["pages_per_cell"] == 4 and len(small["cells"]) == 4
+
+
+def test_loading_a_checkpoint_shows_a_bar_over_every_tensor(tmp_path, monkeypatch):
+    import json
+
+    from safetensors.torch import save_file
+
+    from pagedllm.loader import load_model_source
+    from pagedllm.loader.dummy import iter_dummy_weights
+
+    config = {
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 32,
+        "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "num_key_value_heads": 2, "vocab_size": 128, "max_position_embeddings": 256,
+        "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "torch_dtype": "float32",
+    }  # fmt: skip
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    tensors = {name: t.contiguous() for name, t in iter_dummy_weights(config)}
+    save_file(tensors, str(tmp_path / "model.safetensors"))
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Terminal()
+    monkeypatch.setattr("sys.stderr", err)
+    source = load_model_source(str(tmp_path))
+    names = [name for name, _ in source.weights()]
+    assert source.num_tensors == len(names) == len(tensors)
+    assert f"Loading {tmp_path.name}" in err.getvalue()
+    assert f"{len(names)}/{len(names)}" in err.getvalue()
