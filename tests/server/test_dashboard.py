@@ -133,3 +133,7 @@ def test_dashboard_shows_pages_while_requests_run_and_empties_after(server, idle
     assert after["shared"] == 0 and after["running"] == 0
     assert after["picture"] != busy["picture"]
     assert _errors(browser) == []
+    # the throughput and KV-usage series saw the run
+    history = httpx.get(server.base_url + "/dashboard/data", headers=server.headers).json()
+    assert max(p["generation_tok_s"] for p in history["history"]) > 0
+    assert max(p["kv_usage"] for p in history["history"]) > 0
