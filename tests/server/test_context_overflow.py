@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import contextlib
 
-from conftest import MODEL
+MODEL = "smol"  # the served name (tests/server/conftest.py); importing conftest by name
+# is ambiguous when several test folders run together
 
 
 def _overflow_error(resp, max_len: int) -> dict:

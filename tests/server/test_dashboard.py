@@ -15,7 +15,9 @@ import time
 
 import httpx
 import pytest
-from conftest import MODEL
+
+MODEL = "smol"  # the served name (tests/server/conftest.py); importing conftest by name
+# is ambiguous when several test folders run together
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

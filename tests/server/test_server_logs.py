@@ -8,9 +8,11 @@ import logging
 import time
 
 import pytest
-from conftest import MODEL
 
 from pagedllm.entrypoints.stats_logger import add_logging_args, attach_loggers
+
+MODEL = "smol"  # the served name (tests/server/conftest.py); importing conftest by name
+# is ambiguous when several test folders run together
 
 
 def _args(*argv: str) -> argparse.Namespace:
