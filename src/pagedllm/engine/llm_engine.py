@@ -17,9 +17,10 @@ from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import resolve_prompt
+from pagedllm.engine.validation import resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.executor import create_executor
@@ -128,16 +129,14 @@ class LLMEngine:
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
         self._check_constraints(params)
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
-                "shorten the prompt or raise max_model_len"
-            )
+        max_tokens = resolve_max_tokens(
+            len(ids),
+            params.max_tokens,
+            self.max_model_len,
+            self.config.scheduler.truncate_max_tokens,
+        )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         internal = f"{request_id}#{next(self._ids)}"
-        max_tokens = self.max_model_len - len(ids)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
         requests = [
             Request(
                 request_id=f"{internal}.{i}",
@@ -396,12 +395,25 @@ class LLMEngine:
         self._forget(group)
 
     def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
-        """Fail every request of a step; their final outputs wait in ``_pending``."""
+        """Fail every request of a step; their final outputs wait in ``_pending``.
+
+        The step's KV was not (reliably) written, so first the blocks it registered in the
+        prefix cache become unfindable again, and so do those of a continuation queued behind
+        it (which reads the failed step's tokens). The requests whose pages the step's swap
+        copies were moving fail with it: their pages hold nothing trustworthy.
+        """
+        plans = [scheduled]
+        if self._in_flight is not None and self._in_flight.scheduled is not scheduled:
+            plans.append(self._in_flight.scheduled)
+        for plan in plans:
+            self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
-        for sched in scheduled.scheduled:
-            group = self._group_of.get(sched.request_id)
-            if group is not None and group.request_id in self._groups:
-                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+        for plan in plans:
+            ids = [s.request_id for s in plan.scheduled]
+            for request_id in ids + plan.swapped_in_ids + plan.swapped_out_ids:
+                group = self._group_of.get(request_id)
+                if group is not None and group.request_id in self._groups:
+                    self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""
@@ -410,6 +422,10 @@ class LLMEngine:
             stop()
 
     # ----------------------------------------------------------------- stats
+    def kv_snapshot(self) -> dict:
+        """A read-only picture of the KV page pool (``engine/kv_snapshot.py``; /dashboard)."""
+        return take_kv_snapshot(self.scheduler)
+
     def stats(self) -> EngineStats:
         kv = self.scheduler.kv_manager
         total = kv.num_blocks
