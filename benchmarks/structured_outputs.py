@@ -2,7 +2,10 @@
 
     PYTHONPATH=src python3 benchmarks/structured_outputs.py --out DIR [--smoke] [--model M]
 
-Needs llguidance (the GPU image lacks it: ``pip install --no-deps llguidance-*.whl`` first).
+Needs llguidance, which the GPU image lacks; it has no dependencies, so carry its wheel:
+``pip download --no-deps --only-binary=:all: --python-version 3.12 --platform
+manylinux_2_28_x86_64 -d wheels llguidance`` here, then on the GPU machine
+``pip install --no-deps wheels/llguidance-*.whl`` before the run.
 Correctness first: every constrained answer must parse as JSON and match the schema (checked
 by hand for the schema's shape: jsonschema may be missing). Then, on the same engine:
 
@@ -76,6 +79,11 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    try:
+        import llguidance  # noqa: F401
+    except ImportError:
+        print("llguidance is missing: pip install --no-deps llguidance-*.whl (see the docstring)")
+        return 2
     from pagedllm import LLM, SamplingParams
     from pagedllm.structured import StructuredOutputParams
 
