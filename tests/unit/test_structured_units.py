@@ -105,5 +105,10 @@ def test_matchers_follow_tokens_and_forks():
     mask = manager.bitmask(["a"], [spec], [yes])  # after "yes" only EOS may follow
     allowed = [t for t in range(49152) if (int(mask[0, t // 32]) >> (t % 32)) & 1]
     assert allowed == sorted(tokenizer.eos_token_ids)
+    eos = sorted(tokenizer.eos_token_ids)[0]
+    mask = manager.bitmask(["a"], [spec], [yes + [eos, eos]])  # ignore_eos: still EOS only
+    assert [t for t in range(49152) if (int(mask[0, t // 32]) >> (t % 32)) & 1] == [eos]
+    mask = manager.bitmask(["a"], [spec], [[]])  # fewer tokens than seen: replayed afresh
+    assert (int(mask[0, yes[0] // 32]) >> (yes[0] % 32)) & 1
     manager.release(["a"])
     assert manager.num_active == 0

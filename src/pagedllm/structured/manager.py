@@ -5,7 +5,7 @@ for each sequence ``(matcher, tokens consumed)`` and, before it writes a mask, f
 the tokens appended since (``sync``). That single rule covers every path a token can arrive by:
 ordinary steps, the first token of ``n > 1`` forks (each child has its own matcher), and
 recompute preemption (the output is kept, the matcher with it). Should a sequence ever have
-fewer tokens than its matcher consumed, the matcher rolls back. Masks are int32 words, bit ``t %
+fewer tokens than its matcher saw, a fresh matcher replays them. Masks are int32 words, bit ``t %
 32`` of word ``t // 32`` set when token ``t`` is allowed (llguidance's and xgrammar's layout).
 """
 
@@ -53,14 +53,16 @@ class StructuredOutputManager:
         state = self._states.get(request_id)
         if state is None:
             state = self._states[request_id] = _SequenceState(self.compiler.matcher(spec))
-        if len(tokens) < state.consumed:
-            state.matcher.rollback(state.consumed - len(tokens))
-            state.consumed = len(tokens)
-        new = tokens[state.consumed :]
-        if new and not state.failed:
-            if not state.matcher.consume_tokens(new):
-                # only possible when a token was forced past the mask (e.g. ignore_eos after
-                # the grammar finished): stop constraining rather than mask every token
+        if len(tokens) < state.consumed:  # the sequence lost tokens: replay from the start
+            state = self._states[request_id] = _SequenceState(self.compiler.matcher(spec))
+        for token in tokens[state.consumed :]:
+            # a finished grammar allows only EOS; with ignore_eos those EOS keep coming and
+            # the mask stays EOS-only (nothing more is consumed)
+            if state.failed or state.matcher.is_stopped():
+                break
+            if not state.matcher.consume_token(token):
+                # only possible if a token was forced past the mask: stop constraining rather
+                # than mask every token
                 logger.warning("grammar of %s rejected a token: %s", request_id,
                                state.matcher.get_error())  # fmt: skip
                 state.failed = True
