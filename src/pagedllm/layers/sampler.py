@@ -30,7 +30,11 @@ from typing import Any
 import torch
 
 from pagedllm.layers import _fused
-from pagedllm.layers.logit_constraints import apply_bias_and_grammar, logit_bias_triples
+from pagedllm.layers.logit_constraints import (
+    apply_bias_and_grammar,
+    grammar_mask_tensors,
+    logit_bias_triples,
+)
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.transfer import to_device
 
@@ -99,8 +103,11 @@ class SamplingBatch:
     bias_rows: torch.Tensor | None = None
     bias_cols: torch.Tensor | None = None
     bias_values: torch.Tensor | None = None
-    # Structured outputs: [N, ceil(V / 32)] int32 allowed-token words (None: no constraint).
-    grammar_bitmask: torch.Tensor | None = None
+    # Structured outputs: the rows whose grammar forbids some token, and their allowed tokens
+    # (CPU: [R, V] bool unpacked on the host; GPU: [R, ceil(V / 32)] int32 words, unpacked on
+    # the device). None: no row is constrained this step.
+    grammar_rows: torch.Tensor | None = None
+    grammar_allowed: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -167,7 +174,9 @@ class SamplingBatch:
             params, vocab_size, device
         )
         if grammar_bitmask is not None:
-            batch.grammar_bitmask = to_device(grammar_bitmask, torch.int32, device)
+            batch.grammar_rows, batch.grammar_allowed = grammar_mask_tensors(
+                grammar_bitmask, vocab_size, device
+            )
         return batch
 
     @property
@@ -185,7 +194,7 @@ class SamplingBatch:
             or self.seen_mask is not None
             or self.output_counts is not None
             or self.bias_rows is not None
-            or self.grammar_bitmask is not None
+            or self.grammar_rows is not None
         )
 
     def _build_penalties(
