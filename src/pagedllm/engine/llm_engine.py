@@ -17,9 +17,10 @@ from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import resolve_prompt
+from pagedllm.engine.validation import resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.cache_engine import kv_cache_layout
@@ -131,16 +132,14 @@ class LLMEngine:
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
-                "shorten the prompt or raise max_model_len"
-            )
+        max_tokens = resolve_max_tokens(
+            len(ids),
+            params.max_tokens,
+            self.max_model_len,
+            self.config.scheduler.truncate_max_tokens,
+        )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         internal = f"{request_id}#{next(self._ids)}"
-        max_tokens = self.max_model_len - len(ids)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
         requests = [
             Request(
                 request_id=f"{internal}.{i}",
@@ -416,6 +415,10 @@ class LLMEngine:
             stop()
 
     # ----------------------------------------------------------------- stats
+    def kv_snapshot(self) -> dict:
+        """A read-only picture of the KV page pool (``engine/kv_snapshot.py``; /dashboard)."""
+        return take_kv_snapshot(self.scheduler)
+
     def stats(self) -> EngineStats:
         kv = self.scheduler.kv_manager
         total = kv.num_blocks

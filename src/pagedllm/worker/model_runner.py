@@ -175,6 +175,7 @@ class ModelRunner:
         with set_forward_context(ForwardContext(meta, self.cache.kv_caches, self.backend)):
             hidden = self.model(ids, pos)
         logits = self.model.compute_logits(hidden[-2:])
+        self.backend.warm_up(self.cache.kv_caches[0], self.model.num_heads, hidden.dtype)
         # and the sampler's kernels (fused temperature sampling plus greedy rows)
         params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
         batch = SamplingBatch.build(params, [[]] * 2, [[]] * 2, [None] * 2, self.device,
