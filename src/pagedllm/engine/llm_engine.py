@@ -23,6 +23,7 @@ from pagedllm.engine.request_group import RequestGroup, SampleState
 from pagedllm.engine.validation import resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.cache_engine import kv_cache_layout
 from pagedllm.worker.executor import create_executor
 from pagedllm.worker.model_runner import ModelOutput
 from pagedllm.worker.pending import PendingStep
@@ -80,7 +81,10 @@ class LLMEngine:
         self.runner = create_executor(config, source)  # ModelRunner, or rank 0 of a TP group
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
-        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, num_cpu_blocks)
+        layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
+        self.scheduler = Scheduler(
+            config.scheduler, config.cache, num_blocks, num_cpu_blocks, layout.windows
+        )
         if config.scheduler.preemption_mode == PreemptionMode.AUTO and num_cpu_blocks > 0:
             # AUTO's swap-vs-recompute model needs the copy bandwidth (core/preemption.py)
             costs = self.scheduler.preemption_costs
