@@ -19,7 +19,7 @@ from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import resolve_prompt
+from pagedllm.engine.validation import check_params, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.executor import create_executor
@@ -126,6 +126,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use; pick a unique id")
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        check_params(params, self.config.scheduler.max_n)
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
         if len(ids) >= self.max_model_len:
             raise ValueError(

@@ -4,6 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagedllm.sampling_params import SamplingParams
+
+
+def check_params(params: SamplingParams, max_n: int) -> None:
+    """Limits that depend on the engine's configuration (SamplingParams checks the rest)."""
+    if params.n > max_n:
+        raise ValueError(f"n must be <= {max_n} (the server's max_n), got {params.n}")
+
 
 def resolve_prompt(
     prompt: str | list[int] | None,

@@ -41,6 +41,9 @@ def add_engine_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=256)
     parser.add_argument("--max-num-batched-tokens", type=int, default=8192)
     parser.add_argument(
+        "--max-n", type=int, default=128, help="largest n (samples per request) accepted"
+    )
+    parser.add_argument(
         "--no-enable-prefix-caching", dest="enable_prefix_caching", action="store_false"
     )
     parser.add_argument(
