@@ -9,6 +9,13 @@ no second scheduler: batching is the engine's own continuous batching.
 Each request gets a ``RequestStream`` (an ``asyncio.Queue`` read on the loop). A stream that is
 closed before its request finished (client disconnect, cancelled task) aborts the request, so
 its KV blocks are freed within a step.
+
+Admission and deadlines live here too, on the loop: ``max_waiting_requests`` bounds the requests
+accepted but not yet producing output (``check_admission`` raises ``EngineOverloadedError``, a
+429 in the server); ``request_timeout`` aborts a request that has not finished that many seconds
+after it arrived (``RequestTimeoutError``, its blocks freed within a step); ``begin_shutdown``
+fails whatever is still running when the shutdown grace period ends (``EngineDeadError``), so
+every client gets an answer before the server closes.
 """
 
 from __future__ import annotations
@@ -37,6 +44,18 @@ class EngineDeadError(RuntimeError):
 
 class EngineStepError(RuntimeError):
     """A model step failed; the requests that were in flight are failed with this error."""
+
+
+class EngineOverloadedError(RuntimeError):
+    """Too many requests wait already; retry after ``retry_after`` seconds."""
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RequestTimeoutError(RuntimeError):
+    """The request ran past the server's request timeout and was aborted."""
 
 
 @dataclass(slots=True)
@@ -70,9 +89,13 @@ class RequestStream:
     ``close()`` (also called when iteration is abandoned) aborts an unfinished request.
     """
 
-    def __init__(self, engine: AsyncLLMEngine, request_id: str) -> None:
+    def __init__(
+        self, engine: AsyncLLMEngine, request_id: str, deadline: float | None = None
+    ) -> None:
         self.request_id = request_id
         self.finished = False
+        self.started = False  # has produced an output (no longer counts as waiting)
+        self.deadline = deadline  # time.monotonic() after which the request is aborted
         self._engine = engine
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
 
@@ -86,9 +109,9 @@ class RequestStream:
         if self.finished:
             raise StopAsyncIteration
         try:
-            item = await self._queue.get()
+            item = await self._next_item()
         except BaseException:
-            self.close()  # cancelled while waiting: the client is gone
+            self.close()  # cancelled while waiting (the client is gone) or past the deadline
             raise
         if isinstance(item, BaseException):
             self.finished = True
@@ -101,6 +124,20 @@ class RequestStream:
                 # The engine failed this request's step: surface it as an exception.
                 raise EngineStepError(item.error or "the engine failed this request")
         return item
+
+    async def _next_item(self) -> RequestOutput | BaseException:
+        if self.deadline is None:
+            return await self._queue.get()
+        remaining = self.deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                return self._queue.get_nowait()
+            return await asyncio.wait_for(self._queue.get(), remaining)
+        except (asyncio.TimeoutError, asyncio.QueueEmpty):
+            raise RequestTimeoutError(
+                f"the request did not finish within the server's request timeout "
+                f"({self._engine.request_timeout:g} s) and was aborted"
+            ) from None
 
     def close(self) -> None:
         """Stop listening; aborts the request in the engine if it has not finished."""
@@ -116,9 +153,17 @@ class AsyncLLMEngine:
     seconds (see ``pagedllm.metrics.ServerMetrics``).
     """
 
-    def __init__(self, engine: Any, metrics: Any | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        metrics: Any | None = None,
+        max_waiting_requests: int | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.max_waiting_requests = max_waiting_requests
+        self.request_timeout = request_timeout
         self.tokenizer = engine.tokenizer
         self._commands: queue.Queue[_Add | _Abort | None] = queue.Queue()
         self._streams: dict[str, RequestStream] = {}
@@ -132,11 +177,11 @@ class AsyncLLMEngine:
         self.last_error: str | None = None
 
     @classmethod
-    def from_config(cls, config: Any, metrics: Any | None = None) -> AsyncLLMEngine:
-        """Build the engine (loads the model: slow) and wrap it."""
+    def from_config(cls, config: Any, metrics: Any | None = None, **limits: Any) -> AsyncLLMEngine:
+        """Build the engine (loads the model: slow) and wrap it (``limits``: see __init__)."""
         from pagedllm.engine.llm_engine import LLMEngine
 
-        return cls(LLMEngine.from_config(config), metrics=metrics)
+        return cls(LLMEngine.from_config(config), metrics=metrics, **limits)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -157,6 +202,26 @@ class AsyncLLMEngine:
     @property
     def num_in_flight(self) -> int:
         return len(self._streams)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests accepted (or being accepted) that have produced no output yet."""
+        return sum(1 for stream in self._streams.values() if not stream.started)
+
+    def check_admission(self, count: int = 1) -> None:
+        """Raise ``EngineOverloadedError`` if ``count`` more waiting requests exceed the cap."""
+        if not self._accepting:
+            raise EngineDeadError("the server is shutting down")
+        cap = self.max_waiting_requests
+        if cap is None:
+            return
+        waiting = self.num_waiting
+        if waiting + count > cap:
+            raise EngineOverloadedError(
+                f"the server is overloaded: {waiting} requests are waiting (limit {cap}); "
+                "retry later",
+                retry_after=1,
+            )
 
     def stats(self) -> Any:
         """The engine's stats as of its last step (read without touching the engine)."""
@@ -192,8 +257,9 @@ class AsyncLLMEngine:
             # Called from the engine thread: resolve the future on the loop.
             loop.call_soon_threadsafe(_resolve, accepted, exc)
 
-        stream = RequestStream(self, request_id)
         now = time.monotonic()
+        deadline = None if self.request_timeout is None else now + self.request_timeout
+        stream = RequestStream(self, request_id, deadline)
         # Registered before the add so the first step's outputs always find the stream.
         self._streams[request_id] = stream
         self._timing[request_id] = _Timing(arrival=now)
@@ -238,17 +304,32 @@ class AsyncLLMEngine:
         self._commands.put(_Abort([request_id]))
 
     # ------------------------------------------------------------------ shutdown
+    def begin_shutdown(self, grace: float) -> None:
+        """Stop accepting now; fail what still runs after ``grace`` seconds (on the loop).
+
+        Called when the server is told to stop (SIGTERM), before the HTTP server's own grace
+        period ends, so every stream still gets an error event and ``[DONE]`` and every other
+        client a JSON error instead of a cut connection.
+        """
+        self._accepting = False
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.call_later, grace, self._fail_remaining)
+
+    def _fail_remaining(self) -> None:
+        for rid, stream in list(self._streams.items()):
+            # Abort first, then hand the consumer the reason (it is not marked finished, so it
+            # still reads the error).
+            self._abort_now(rid)
+            stream._put(EngineDeadError("the server shut down before the request finished"))
+
     async def drain(self, timeout: float) -> None:
         """Stop accepting requests, let in-flight ones finish for ``timeout`` s, abort the rest."""
         self._accepting = False
         deadline = time.monotonic() + timeout
         while self._streams and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for rid, stream in list(self._streams.items()):
-            # Abort first, then hand the consumer the reason (it is not marked finished, so it
-            # still reads the error).
-            self._abort_now(rid)
-            stream._put(EngineDeadError("the server shut down before the request finished"))
+        self._fail_remaining()
         self.shutdown()
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -362,6 +443,7 @@ class AsyncLLMEngine:
             self._observe(out, step_time)
             stream = self._streams.get(out.request_id)
             if stream is not None:
+                stream.started = True
                 stream._put(out)
 
     def _observe(self, out: RequestOutput, now: float) -> None:

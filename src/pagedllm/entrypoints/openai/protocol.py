@@ -3,6 +3,8 @@
 Models live at module level: with ``from __future__ import annotations`` pydantic resolves the
 string annotations from this module's globals. Unknown request fields are ignored (as OpenAI and
 vLLM do); sampling values are checked by ``SamplingParams`` so every path gives the same message.
+Types are strict, as in OpenAI's API: ``"5"`` is no integer and ``1e12`` no token count (an
+integer field takes only JSON integers, a number field integers or floats, never strings).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ def random_id(prefix: str) -> str:
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 # ---------------------------------------------------------------- shared
