@@ -29,6 +29,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm.engine.errors import (  # noqa: F401 - re-exported: the server imports them here
+    EngineDeadError,
+    EngineOverloadedError,
+    EngineStepError,
+    RequestTimeoutError,
+)
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 
@@ -36,26 +42,6 @@ logger = logging.getLogger(__name__)
 
 # How long the idle engine thread sleeps on its command queue before rechecking for shutdown.
 _IDLE_WAIT_S = 0.1
-
-
-class EngineDeadError(RuntimeError):
-    """The engine is shut down (or shutting down) and accepts no new requests."""
-
-
-class EngineStepError(RuntimeError):
-    """A model step failed; the requests that were in flight are failed with this error."""
-
-
-class EngineOverloadedError(RuntimeError):
-    """Too many requests wait already; retry after ``retry_after`` seconds."""
-
-    def __init__(self, message: str, retry_after: int) -> None:
-        super().__init__(message)
-        self.retry_after = retry_after
-
-
-class RequestTimeoutError(RuntimeError):
-    """The request ran past the server's request timeout and was aborted."""
 
 
 @dataclass(slots=True)

@@ -17,6 +17,7 @@ from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
 from pagedllm.engine.validation import check_params, resolve_prompt
@@ -225,6 +226,12 @@ class LLMEngine:
                 )
             else:
                 pending = PendingStep(self.runner.execute(scheduled, requests, forks))
+        except RequestFailure as exc:
+            # only these requests are at fault: the others' state did not advance, so the
+            # next step schedules them again
+            logger.warning("requests %s failed: %s", exc.request_ids, exc)
+            self._fail_step(scheduled, exc.cause, exc.request_ids)
+            return None
         except Exception as exc:  # noqa: BLE001 - one bad step must not take the engine down
             logger.exception("model step failed; failing its requests")
             self._fail_step(scheduled, exc)
@@ -252,11 +259,22 @@ class LLMEngine:
         self._record_prompt_logprobs(result)
         for request in changed:
             new = request.output_token_ids[num_before[request.request_id] :]
-            self._on_new_tokens(request, new, result)
+            self._apply_tokens(request, new, result)
         for children in forks.values():
             for child in children:
-                self._on_new_tokens(child, child.output_token_ids[-1:], result)
+                self._apply_tokens(child, child.output_token_ids[-1:], result)
         return self._collect_outputs()
+
+    def _apply_tokens(self, request: Request, tokens: list[int], result: ModelOutput) -> None:
+        """``_on_new_tokens``; a failure there (detokenizing, say) fails only this request."""
+        try:
+            self._on_new_tokens(request, tokens, result)
+        except Exception as exc:  # noqa: BLE001 - one request's host work must not fail others
+            logger.exception("output processing failed for %s", request.request_id)
+            group = self._group_of.get(request.request_id)
+            if group is not None and group.request_id in self._groups:
+                message = f"{type(exc).__name__}: {exc}"
+                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def _take_pending(self) -> list[RequestOutput]:
         outputs, self._pending = self._pending, []
@@ -385,11 +403,18 @@ class LLMEngine:
         self._pending.append(group.take_output())
         self._forget(group)
 
-    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
-        """Fail every request of a step; their final outputs wait in ``_pending``."""
+    def _fail_step(
+        self,
+        scheduled: SchedulerOutput,
+        exc: BaseException,
+        request_ids: Iterable[str] | None = None,
+    ) -> None:
+        """Fail the requests of a step that did not complete (``request_ids``: only those; the
+        others run again next step); their final outputs wait in ``_pending``."""
         message = f"{type(exc).__name__}: {exc}"
-        for sched in scheduled.scheduled:
-            group = self._group_of.get(sched.request_id)
+        ids = [s.request_id for s in scheduled.scheduled] if request_ids is None else request_ids
+        for request_id in ids:  # a forked sample's id leads to its group too
+            group = self._group_of.get(request_id)
             if group is not None and group.request_id in self._groups:
                 self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
