@@ -26,6 +26,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.entrypoints.openai.bench_serving import _pct
+
 _FIXED = [f"Question {i}: name one thing a baker does before {i + 5} am." for i in range(8)]
 _BAD_BODIES: list[dict[str, Any]] = [
     {"prompt": "hi", "max_tokens": "5"},
@@ -254,13 +256,6 @@ async def _soak(args: argparse.Namespace) -> dict[str, Any]:
         if args.server_pid is not None:
             stats.rss.append((time.monotonic() - start, _rss_bytes(args.server_pid)))
     return _soak_summary(stats, duration, final)
-
-
-def _pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
 
 
 def _soak_summary(stats: SoakStats, duration: float, final: dict[str, float]) -> dict[str, Any]:
