@@ -42,3 +42,9 @@ class SchedulerOutput:
     finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
     num_decodes: int = 0  # the first num_decodes entries of `scheduled` are 1-token decodes
     num_steps: int = 1  # > 1: every request is a decode, run that many steps back to back
+    # requests whose pages this step's swap copies move: if the step fails, they fail with it
+    swapped_in_ids: list[str] = field(default_factory=list)
+    swapped_out_ids: list[str] = field(default_factory=list)
+    # which plan this is: the scheduler keeps the prefix-cache registrations of each plan until
+    # its results arrive (update_from_output) or it fails (discard_failed_step)
+    step_id: int = 0

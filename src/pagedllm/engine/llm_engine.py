@@ -409,11 +409,36 @@ class LLMEngine:
         exc: BaseException,
         request_ids: Iterable[str] | None = None,
     ) -> None:
-        """Fail the requests of a step that did not complete (``request_ids``: only those; the
-        others run again next step); their final outputs wait in ``_pending``."""
+        """Fail every request of a step; their final outputs wait in ``_pending``.
+
+        The step's KV was not (reliably) written, so first the blocks it registered in the
+        prefix cache become unfindable again, and so do those of a continuation queued behind
+        it (which reads the failed step's tokens). The requests whose pages the step's swap
+        copies were moving fail with it: their pages hold nothing trustworthy.
+
+        With ``request_ids`` (a ``RequestFailure``: the runner blamed those requests, after its
+        swaps and copies were done) only they fail; the step's other requests did not advance
+        and run again next step.
+        """
+        plans = [scheduled]
+        if self._in_flight is not None and self._in_flight.scheduled is not scheduled:
+            plans.append(self._in_flight.scheduled)
+        for plan in plans:
+            self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
-        ids = [s.request_id for s in scheduled.scheduled] if request_ids is None else request_ids
-        for request_id in ids:  # a forked sample's id leads to its group too
+        if request_ids is not None:
+            failed = list(request_ids)  # a forked sample's id leads to its group too
+        else:
+            failed = [
+                request_id
+                for plan in plans
+                for request_id in (
+                    [s.request_id for s in plan.scheduled]
+                    + plan.swapped_in_ids
+                    + plan.swapped_out_ids
+                )
+            ]
+        for request_id in failed:
             group = self._group_of.get(request_id)
             if group is not None and group.request_id in self._groups:
                 self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
