@@ -33,6 +33,8 @@ class ServerHandle:
     engine: object
     max_model_len: int = MAX_MODEL_LEN
     max_body: int = MAX_BODY
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
 
     @property
     def headers(self) -> dict[str, str]:
