@@ -91,8 +91,8 @@ async def create_completion(
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     prompts = normalize_prompts(body.prompt)
-    admit(state, len(prompts))  # a cheap 429 before any tokenizing
     params = build_params(body, body.max_tokens)
+    admit(state, len(prompts))  # bad input is a 400 first; then a cheap 429 before tokenizing
     request_id = random_id("cmpl")
 
     async def tokenize_and_submit() -> list[RequestStream]:
