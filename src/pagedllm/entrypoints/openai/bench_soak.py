@@ -148,7 +148,7 @@ async def _one_action(client: Any, model: str, refs: dict[str, str], rng: random
         resp = await client.post(
             "/v1/completions", json={"model": model, **rng.choice(_BAD_BODIES)}
         )
-        outcome = _non_200(resp.status_code, resp.headers, resp.content)
+        outcome, text = _non_200(resp.status_code, resp.headers, resp.content), ""
         if outcome == "bad_request":
             outcome, text = "bad_rejected", ""
         elif outcome != "rejected":  # a 429 is a fine answer under overload; anything else is not
