@@ -114,31 +114,36 @@ def test_huge_prompt_is_rejected_fast_and_health_stays_fast(http, server) -> Non
 
 
 # ------------------------------------------------- item 6: admission control and deadlines
-def test_overload_is_429_with_retry_after(server, idle) -> None:
+def test_overload_is_429_with_retry_after(server, http, idle) -> None:
     engine = server.engine
     old = engine.max_waiting_requests
-    engine.max_waiting_requests = 1
+    body = {"model": MODEL, "prompt": "Story:", "max_tokens": 24, "ignore_eos": True}
 
-    async def one(client: httpx.AsyncClient, i: int) -> httpx.Response:
-        body = {"model": MODEL, "prompt": f"Story {i}:", "max_tokens": 24, "ignore_eos": True}
-        return await client.post("/v1/completions", json=body)
-
-    async def main() -> list[httpx.Response]:
+    async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(
             base_url=server.base_url, headers=server.headers, timeout=60
         ) as client:
-            return await asyncio.gather(*(one(client, i) for i in range(12)))
+            return await asyncio.gather(
+                *(client.post("/v1/completions", json=body) for _ in range(12))
+            )
 
     try:
-        responses = asyncio.run(main())
+        engine.max_waiting_requests = 0  # full: every request is turned away
+        resp = http.post("/v1/completions", json=body)
+        assert resp.status_code == 429, resp.text
+        assert int(resp.headers["retry-after"]) >= 1
+        assert resp.json()["error"]["code"] == "rate_limit_exceeded"
+        chat = {"model": MODEL, "messages": CHAT}
+        assert http.post("/v1/chat/completions", json=chat).status_code == 429
+        engine.max_waiting_requests = 1
+        responses = asyncio.run(burst())
     finally:
         engine.max_waiting_requests = old
     codes = [r.status_code for r in responses]
-    assert set(codes) <= {200, 429} and 429 in codes and 200 in codes, codes
+    assert set(codes) <= {200, 429} and 200 in codes, codes
     for resp in responses:
         if resp.status_code == 429:
             assert int(resp.headers["retry-after"]) >= 1
-            assert resp.json()["error"]["code"] == "rate_limit_exceeded"
     idle()
 
 
