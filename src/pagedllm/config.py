@@ -32,6 +32,9 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     watermark: float = 0.01  # fraction of blocks kept free when admitting new requests
     cache_dtype: str = "auto"  # "auto": the model's dtype
+    # keep every page of sliding-window layers (one full-attention KV group) instead of
+    # freeing those outside the window: for comparisons and debugging
+    disable_hybrid_kv_cache: bool = False
 
     def validate(self) -> None:
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):
@@ -73,6 +76,9 @@ class SchedulerConfig:
     # the largest ``n`` (samples per request) accepted: each sample holds its own KV and host
     # state, so an unbounded n lets one small request take the whole machine
     max_n: int = 128
+    # prompt + max_tokens > max_model_len: False rejects the request (ValueError, HTTP 400, as
+    # vLLM and OpenAI do); True cuts max_tokens to the room left (engine/validation.py)
+    truncate_max_tokens: bool = False
 
     def validate(self) -> None:
         for name in (
@@ -93,6 +99,10 @@ class SchedulerConfig:
         if self.async_scheduling not in (None, True, False):
             raise ValueError(
                 f"async_scheduling must be True, False or None, got {self.async_scheduling!r}"
+            )
+        if not isinstance(self.truncate_max_tokens, bool):
+            raise TypeError(
+                f"truncate_max_tokens must be True or False, got {self.truncate_max_tokens!r}"
             )
         self.preemption_mode = PreemptionMode(self.preemption_mode)
 

@@ -90,6 +90,7 @@ def plan_continuation(
                 sample=True,
                 num_lookahead=k - 1,
                 prev_row=row,
+                group_block_tables=kv.group_block_tables(req.request_id),
             )
         )
     out.blocks_to_copy = kv.take_blocks_to_copy()
@@ -111,9 +112,5 @@ def _round_steps(config: SchedulerConfig, rows: list[tuple[int, Request]], k_pre
 
 def _blocks_fit(rows: list[tuple[int, Request]], kv: KVCacheManager, ahead: int) -> bool:
     """True when the free pool holds every block the continuation's slots need."""
-    bs = kv.block_size
-    need = 0
-    for _, req in rows:
-        held = kv.num_blocks_of(req.request_id)
-        need += max(0, -(-(req.num_computed_tokens + ahead) // bs) - held)
+    need = sum(kv.num_blocks_to_extend(req, req.num_computed_tokens + ahead) for _, req in rows)
     return need <= kv.num_free_blocks

@@ -32,7 +32,6 @@ def multi_step_count(
         return 1
     if len(running) > min(config.max_num_seqs, config.max_num_batched_tokens):
         return 1
-    bs = kv.block_size
     extra_blocks = 0
     for req in running:
         decoding = req.num_computed_tokens > 0 and req.num_tokens - req.num_computed_tokens == 1
@@ -40,8 +39,7 @@ def multi_step_count(
             return 1
         if req.num_tokens + k - 1 > config.max_model_len:
             return 1
-        need = -(-(req.num_computed_tokens + k) // bs)
-        extra_blocks += max(0, need - kv.num_blocks_of(req.request_id))
+        extra_blocks += kv.num_blocks_to_extend(req, req.num_computed_tokens + k)
     # copy-on-write of a shared last block is not counted: allocation may still preempt then
     if extra_blocks > kv.num_free_blocks:
         return 1

@@ -51,8 +51,10 @@ class Scheduler:
         cache_config: CacheConfig,
         num_gpu_blocks: int,
         num_cpu_blocks: int = 0,
+        kv_cache_groups: list[int | None] | None = None,
     ) -> None:
-        """Validate the configs and build the KV cache manager."""
+        """Validate the configs and build the KV cache manager (``kv_cache_groups``: the
+        sliding window of each KV cache group, None = full; default one full group)."""
         scheduler_config.validate()
         cache_config.validate()
         self.config = scheduler_config
@@ -63,6 +65,7 @@ class Scheduler:
             enable_prefix_caching=cache_config.enable_prefix_caching,
             watermark=cache_config.watermark,
             num_cpu_blocks=num_cpu_blocks,
+            group_windows=kv_cache_groups,
         )
         self.block_size = cache_config.block_size
         self.requests: dict[str, Request] = {}  # every unfinished request
@@ -123,11 +126,13 @@ class Scheduler:
                 f"than max_model_len={max_len}: shorten the prompt or raise max_model_len"
             )
         total = min(request.num_tokens + request.max_tokens, max_len)
-        need = -(-total // self.block_size)
+        # window groups hold only their window plus the step's chunk
+        chunk = self.config.max_num_batched_tokens if self.config.enable_chunked_prefill else total
+        need = self.kv_manager.max_blocks_needed(total, chunk)
         if need > self.kv_manager.num_blocks:
             raise ValueError(
                 f"request {request.request_id!r} needs up to {need} KV blocks "
-                f"({total} tokens / block_size {self.block_size}) but the pool has only "
+                f"({total} tokens, block_size {self.block_size}) but the pool has only "
                 f"{self.kv_manager.num_blocks}: lower max_tokens, shorten the prompt, or give "
                 "the KV cache more memory"
             )
@@ -392,6 +397,7 @@ class Scheduler:
             self.kv_manager.get_block_table(req.request_id),
             sample,
             req.sampling_params.prompt_logprobs is not None,
+            group_block_tables=self.kv_manager.group_block_tables(req.request_id),
         )
         if n == 1 and start > 0 and sample:
             step.decodes.append(scheduled)

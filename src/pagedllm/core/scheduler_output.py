@@ -23,6 +23,8 @@ class ScheduledRequest:
     # async scheduling: the input token is the one sampled for row `prev_row` of the previous,
     # still running round (token_ids holds a placeholder); None: token_ids are the inputs
     prev_row: int | None = None
+    # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group
+    group_block_tables: list[list[int]] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -18,11 +18,13 @@ from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.errors import RequestFailure
+from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import check_params, resolve_prompt
+from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.worker.cache_engine import kv_cache_layout
 from pagedllm.worker.executor import create_executor
 from pagedllm.worker.model_runner import ModelOutput
 from pagedllm.worker.pending import PendingStep
@@ -80,7 +82,10 @@ class LLMEngine:
         self.runner = create_executor(config, source)  # ModelRunner, or rank 0 of a TP group
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
-        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, num_cpu_blocks)
+        layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
+        self.scheduler = Scheduler(
+            config.scheduler, config.cache, num_blocks, num_cpu_blocks, layout.windows
+        )
         if config.scheduler.preemption_mode == PreemptionMode.AUTO and num_cpu_blocks > 0:
             # AUTO's swap-vs-recompute model needs the copy bandwidth (core/preemption.py)
             costs = self.scheduler.preemption_costs
@@ -129,16 +134,14 @@ class LLMEngine:
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
         check_params(params, self.config.scheduler.max_n)
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
-                "shorten the prompt or raise max_model_len"
-            )
+        max_tokens = resolve_max_tokens(
+            len(ids),
+            params.max_tokens,
+            self.max_model_len,
+            self.config.scheduler.truncate_max_tokens,
+        )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         internal = f"{request_id}#{next(self._ids)}"
-        max_tokens = self.max_model_len - len(ids)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
         requests = [
             Request(
                 request_id=f"{internal}.{i}",
@@ -450,6 +453,10 @@ class LLMEngine:
             stop()
 
     # ----------------------------------------------------------------- stats
+    def kv_snapshot(self) -> dict:
+        """A read-only picture of the KV page pool (``engine/kv_snapshot.py``; /dashboard)."""
+        return take_kv_snapshot(self.scheduler)
+
     def stats(self) -> EngineStats:
         kv = self.scheduler.kv_manager
         total = kv.num_blocks

@@ -43,10 +43,12 @@ class LLM:
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 8192,
         enable_prefix_caching: bool = True,
+        disable_hybrid_kv_cache: bool = False,
         enable_chunked_prefill: bool = True,
         preemption_mode: str = "recompute",
         num_scheduler_steps: int = 1,
         async_scheduling: bool | None = None,
+        truncate_max_tokens: bool = False,
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
     ) -> None:

@@ -21,13 +21,14 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels._common import dot_options
+from pagedllm.kernels._softcap import soft_cap
 
 LOG2E = math.log2(math.e)
 
 
 # Values that change from step to step are not specialized on (Triton would compile a
 # variant for each "== 1" / "% 16 == 0" case: seconds of JIT in the middle of serving).
-@triton.jit(do_not_specialize=["stride_bt", "sliding_window"])
+@triton.jit(do_not_specialize=["stride_bt", "sliding_window", "softcap"])
 def _decode_split_kernel(
     q_ptr,
     cache_ptr,
@@ -39,6 +40,7 @@ def _decode_split_kernel(
     part_l_ptr,
     qk_scale,
     sliding_window,
+    softcap,
     stride_qt,
     stride_qh,
     stride_ot,
@@ -56,6 +58,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
@@ -101,6 +104,8 @@ def _decode_split_kernel(
         if DOT_FP32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_SOFTCAP:
+            s = soft_cap(s, softcap)
         s = tl.where(nmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -172,18 +177,36 @@ def default_num_splits(
     num_kv_heads: int,
     max_seq_len: int,
     num_sms: int,
-    max_splits: int = 16,
+    max_splits: int = 64,
     min_tokens_per_split: int = 256,
 ) -> int:
     """Pick a split count from static sizes only (CUDA-graph safe: no device data read).
 
     Split until there are about two programs per SM, but never into partitions shorter than
     ``min_tokens_per_split`` keys, where the extra reduce pass would cost more than it hides.
+    When the batch alone cannot fill the SMs (few long sequences), aim for four programs per
+    SM: each program then streams a shorter partition and more loads are in flight. Measured on
+    an H200 (benchmarks/long_context.py): 1 x 128k context, 16 splits 1.96 TB/s, 64 splits
+    3.42 TB/s; 8 x 32k, 5 splits 3.70 TB/s, 8 splits 3.82 TB/s.
+
+    The count is a power of two: each count is a separate compiled variant of the kernels, so
+    the few possible ones are compiled at start-up (``warm_up_decode_variants``) and none in
+    the middle of serving (a mixed batch's decode rows vary in number every step).
     """
     programs = max(1, num_seqs * num_kv_heads)
-    want = -(-2 * num_sms // programs)
+    per_sm = 4 if programs < num_sms else 2
+    want = -(-per_sm * num_sms // programs)
     by_len = max(1, max_seq_len // min_tokens_per_split)
-    return max(1, min(want, by_len, max_splits))
+    return _floor_pow2(max(1, min(want, by_len, max_splits)))
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (n.bit_length() - 1)
+
+
+def decode_split_variants(max_splits: int = 64) -> list[int]:
+    """Every split count ``default_num_splits`` can return under ``max_splits``."""
+    return [1 << i for i in range(_floor_pow2(max_splits).bit_length())]
 
 
 def paged_decode_attention(
@@ -196,6 +219,7 @@ def paged_decode_attention(
     sliding_window: int | None = None,
     out: torch.Tensor | None = None,
     block_n: int | None = None,
+    softcap: float | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
@@ -205,7 +229,9 @@ def paged_decode_attention(
     ``[2, num_blocks, block_size, kvh, d]``, ``block_tables`` ``[>=B, max_blocks]`` int32,
     ``seq_lens`` ``[>=B]`` (context length including the new token). Returns ``[B, H, d]``
     (written into ``out`` when given). Launch shapes depend only on ``B``, ``num_splits`` and
-    static sizes, so this is safe to capture in a CUDA graph.
+    static sizes, so this is safe to capture in a CUDA graph. Only keys inside the window are
+    read (pages before it may be the null block); ``softcap`` caps scores as
+    ``softcap * tanh(score / softcap)`` (Gemma 2).
     """
     num_seqs, num_heads, head_dim = query.shape
     out = torch.empty_like(query) if out is None else out
@@ -233,8 +259,9 @@ def paged_decode_attention(
         part_out,
         part_m,
         part_l,
-        scale * LOG2E,
+        scale if softcap else scale * LOG2E,
         sliding_window or 0,
+        float(softcap or 0.0),
         query.stride(0),
         query.stride(1),
         out.stride(0),
@@ -252,6 +279,7 @@ def paged_decode_attention(
         BLOCK_N=block_n,
         NUM_SPLITS=num_splits,
         HAS_WINDOW=bool(sliding_window),
+        HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
         num_warps=num_warps,

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .attention_layout import layer_windows
 from .hf_tokenizer import has_hf_tokenizer, load_hf_tokenizer, read_json
 from .model_source import ModelSource, WeightIterator
 from .tokenizer import Tokenizer
@@ -13,12 +14,15 @@ from .tokenizer import Tokenizer
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 # The architectures pagedllm has model code for (models/registry.py).
 SUPPORTED_ARCHITECTURES = (
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
 )
 _MODEL_TYPES = {a.removesuffix("ForCausalLM").lower(): a for a in SUPPORTED_ARCHITECTURES}
+_MODEL_TYPES["gemma3_text"] = "Gemma3ForCausalLM"
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if "torch_dtype" not in config and "dtype" in config:
         config["torch_dtype"] = config["dtype"]
     fill_config_defaults(config)
+    if "num_hidden_layers" in config:
+        layer_windows(config)  # an inconsistent window / layer pattern fails here, naming it
     return config
 
 
@@ -83,6 +89,17 @@ def _has_tensor(files: list[Path], name: str) -> bool:
             if name in handle.keys():  # noqa: SIM118 - safe_open is not a Mapping
                 return True
     return False
+
+
+def _count_tensors(files: list[Path], skip: frozenset[str]) -> int:
+    """Tensors ``iter_safetensors`` will yield (reads only the headers)."""
+    from safetensors import safe_open
+
+    count = 0
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            count += sum(name not in skip for name in handle.keys())  # noqa: SIM118
+    return count
 
 
 def safetensors_files(directory: Path) -> list[Path]:
@@ -160,4 +177,5 @@ def load_hf_directory(directory: Path) -> ModelSource:
         path=str(directory),
         load_format="safetensors",
         _weights_fn=lambda: iter_safetensors(files, skip),
+        num_tensors=_count_tensors(files, skip),
     )

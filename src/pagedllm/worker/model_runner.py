@@ -23,7 +23,7 @@ from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.transfer import to_device
-from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
+from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec, kv_cache_layout
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
 from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
@@ -62,12 +62,18 @@ class ModelRunner:
         self.vocab_size = int(source.hf_config["vocab_size"])
         self.block_size = config.cache.block_size
         cache_dtype = self.dtype if config.cache.cache_dtype == "auto" else _dtype(config)
+        # KV cache groups by attention type (core/kv_cache_spec.py); the engine builds the
+        # same layout for the scheduler
+        self.kv_layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
+        slots = self.kv_layout.layer_slots(self.model.num_layers)
+        self.layer_group = [g for g, _ in slots]
         self.kv_spec = KVCacheSpec(
             num_layers=self.model.num_layers,
             block_size=self.block_size,
             num_kv_heads=self.model.num_kv_heads,
             head_dim=self.model.head_dim,
             dtype=cache_dtype,
+            layer_tensor=tuple(j for _, j in slots) if self.kv_layout.num_groups > 1 else None,
         )
         self.backend = self._make_backend()
         self.sampler = Sampler()
@@ -170,6 +176,7 @@ class ModelRunner:
         with set_forward_context(ForwardContext(meta, self.cache.kv_caches, self.backend)):
             hidden = self.model(ids, pos)
         logits = self.model.compute_logits(hidden[-2:])
+        self.backend.warm_up(self.cache.kv_caches[0], self.model.num_heads, hidden.dtype)
         # and the sampler's kernels (fused temperature sampling plus greedy rows)
         params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
         batch = SamplingBatch.build(params, [[]] * 2, [[]] * 2, [None] * 2, self.device,
@@ -241,11 +248,14 @@ class ModelRunner:
         meta = inputs.metadata
         if (
             self.graphs is not None
+            and inputs.group_metadata is None  # hybrid KV groups run eagerly (no graphs yet)
             and meta.num_decodes == meta.num_seqs
             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)
         ):
             return self.graphs.run(inputs.input_ids, inputs.positions, meta)
-        context = ForwardContext(meta, self.cache.kv_caches, self.backend)
+        context = ForwardContext(
+            meta, self.cache.kv_caches, self.backend, inputs.group_metadata, self.layer_group
+        )
         with set_forward_context(context):
             return self.model(inputs.input_ids, inputs.positions)
 

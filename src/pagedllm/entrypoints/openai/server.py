@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+from pagedllm.entrypoints.openai.dashboard import install_dashboard
 from pagedllm.entrypoints.openai.errors import APIError, GuardMiddleware, install_error_handlers
 from pagedllm.entrypoints.openai.http_protocol import (
     DEFAULT_HEADER_TIMEOUT,
@@ -39,6 +41,8 @@ from pagedllm.entrypoints.openai.protocol import (
 from pagedllm.entrypoints.openai.serving_base import ServerState, check_text
 from pagedllm.entrypoints.openai.serving_chat import create_chat_completion, render_chat
 from pagedllm.entrypoints.openai.serving_completion import create_completion
+from pagedllm.entrypoints.startup import log_startup_summary
+from pagedllm.entrypoints.stats_logger import add_logging_args, attach_loggers
 from pagedllm.metrics import CONTENT_TYPE, ServerMetrics
 
 logger = logging.getLogger("pagedllm.server")
@@ -82,6 +86,7 @@ def build_app(
     app.state.pagedllm = state
     install_error_handlers(app)
     _add_routes(app, state)
+    install_dashboard(app, async_engine, api_key)
     app.add_middleware(
         GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes, body_timeout=body_timeout
     )
@@ -166,7 +171,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 # ------------------------------------------------------------------------- CLI
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``pagedllm serve [MODEL]``: server options plus the engine options."""
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument(
         "--api-key",
@@ -219,8 +224,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "can forge turns); by default it is plain text",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level",
     )
+    add_logging_args(parser)
     parser.add_argument(
         "--served-model-name",
         default=None,
@@ -240,11 +249,13 @@ def run_server(args: argparse.Namespace) -> int:
         logger.error("invalid engine options: %s", exc)
         return 2
     api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+    start = time.perf_counter()
     async_engine = AsyncLLMEngine.from_config(
         config,
         max_waiting_requests=args.max_waiting_requests or None,
         request_timeout=args.request_timeout,
     )
+    attach_loggers(async_engine, args)
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(
         async_engine,
@@ -268,7 +279,9 @@ def run_server(args: argparse.Namespace) -> int:
     # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
     # default handler would kill us with -15; a graceful drain is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda *_: None)
+    log_startup_summary(async_engine.engine, time.perf_counter() - start)
     print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}", flush=True)
+    print(f"pagedllm: live KV page dashboard at http://{host}:{port}/dashboard", flush=True)
     try:
         server.run(sockets=[sock])
     finally:

@@ -160,7 +160,9 @@ async def submit(
         close_all(streams)
         exc = errors[0]
         if isinstance(exc, (ValueError, TypeError)):
-            raise APIError(400, str(exc), param="prompt") from exc
+            # ContextLengthError carries code "context_length_exceeded" (OpenAI's)
+            code = getattr(exc, "code", None)
+            raise APIError(400, str(exc), param="prompt", code=code) from exc
         if isinstance(exc, EngineDeadError):
             raise APIError(503, str(exc)) from exc
         raise exc
