@@ -17,10 +17,11 @@ from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import resolve_max_tokens, resolve_prompt
+from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.cache_engine import kv_cache_layout
@@ -131,6 +132,7 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use; pick a unique id")
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        check_params(params, self.config.scheduler.max_n)
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
         self._check_constraints(params)
         max_tokens = resolve_max_tokens(
@@ -238,6 +240,12 @@ class LLMEngine:
                 )
             else:
                 pending = PendingStep(self.runner.execute(scheduled, requests, forks))
+        except RequestFailure as exc:
+            # only these requests are at fault: the others' state did not advance, so the
+            # next step schedules them again
+            logger.warning("requests %s failed: %s", exc.request_ids, exc)
+            self._fail_step(scheduled, exc.cause, exc.request_ids)
+            return None
         except Exception as exc:  # noqa: BLE001 - one bad step must not take the engine down
             logger.exception("model step failed; failing its requests")
             self._fail_step(scheduled, exc)
@@ -265,11 +273,22 @@ class LLMEngine:
         self._record_prompt_logprobs(result)
         for request in changed:
             new = request.output_token_ids[num_before[request.request_id] :]
-            self._on_new_tokens(request, new, result)
+            self._apply_tokens(request, new, result)
         for children in forks.values():
             for child in children:
-                self._on_new_tokens(child, child.output_token_ids[-1:], result)
+                self._apply_tokens(child, child.output_token_ids[-1:], result)
         return self._collect_outputs()
+
+    def _apply_tokens(self, request: Request, tokens: list[int], result: ModelOutput) -> None:
+        """``_on_new_tokens``; a failure there (detokenizing, say) fails only this request."""
+        try:
+            self._on_new_tokens(request, tokens, result)
+        except Exception as exc:  # noqa: BLE001 - one request's host work must not fail others
+            logger.exception("output processing failed for %s", request.request_id)
+            group = self._group_of.get(request.request_id)
+            if group is not None and group.request_id in self._groups:
+                message = f"{type(exc).__name__}: {exc}"
+                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def _take_pending(self) -> list[RequestOutput]:
         outputs, self._pending = self._pending, []
@@ -398,13 +417,22 @@ class LLMEngine:
         self._pending.append(group.take_output())
         self._forget(group)
 
-    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
+    def _fail_step(
+        self,
+        scheduled: SchedulerOutput,
+        exc: BaseException,
+        request_ids: Iterable[str] | None = None,
+    ) -> None:
         """Fail every request of a step; their final outputs wait in ``_pending``.
 
         The step's KV was not (reliably) written, so first the blocks it registered in the
         prefix cache become unfindable again, and so do those of a continuation queued behind
         it (which reads the failed step's tokens). The requests whose pages the step's swap
         copies were moving fail with it: their pages hold nothing trustworthy.
+
+        With ``request_ids`` (a ``RequestFailure``: the runner blamed those requests, after its
+        swaps and copies were done) only they fail; the step's other requests did not advance
+        and run again next step.
         """
         plans = [scheduled]
         if self._in_flight is not None and self._in_flight.scheduled is not scheduled:
@@ -412,12 +440,22 @@ class LLMEngine:
         for plan in plans:
             self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
-        for plan in plans:
-            ids = [s.request_id for s in plan.scheduled]
-            for request_id in ids + plan.swapped_in_ids + plan.swapped_out_ids:
-                group = self._group_of.get(request_id)
-                if group is not None and group.request_id in self._groups:
-                    self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+        if request_ids is not None:
+            failed = list(request_ids)  # a forked sample's id leads to its group too
+        else:
+            failed = [
+                request_id
+                for plan in plans
+                for request_id in (
+                    [s.request_id for s in plan.scheduled]
+                    + plan.swapped_in_ids
+                    + plan.swapped_out_ids
+                )
+            ]
+        for request_id in failed:
+            group = self._group_of.get(request_id)
+            if group is not None and group.request_id in self._groups:
+                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""

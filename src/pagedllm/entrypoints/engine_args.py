@@ -154,6 +154,9 @@ def add_engine_args(parser: argparse.ArgumentParser, positional_model: bool = Tr
         help="keep every KV page of sliding-window layers (no freeing outside the window)",
     )
     parser.add_argument(
+        "--max-n", type=int, default=128, help="largest n (samples per request) accepted"
+    )
+    parser.add_argument(
         "--num-scheduler-steps",
         type=int,
         default=1,

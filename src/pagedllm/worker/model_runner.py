@@ -16,6 +16,7 @@ from pagedllm.attention.metadata import ForwardContext, build_metadata, set_forw
 from pagedllm.config import EngineConfig
 from pagedllm.core.request import Request
 from pagedllm.core.scheduler import SchedulerOutput
+from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.outputs import Logprobs
 from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 from pagedllm.loader import ModelSource
@@ -297,7 +298,7 @@ class ModelRunner:
             params=[r.sampling_params for r in row_requests],
             output_token_ids=[r.output_token_ids for r in row_requests],
             prompt_token_ids=[r.prompt_token_ids for r in row_requests],
-            generators=[self._generator(r) for r in row_requests],
+            generators=[self._request_generator(r) for r in row_requests],
             banned_token_ids=[_banned_tokens(r) for r in row_requests],
             device=self.device,
             vocab_size=self.vocab_size,
@@ -367,6 +368,13 @@ class ModelRunner:
                 request.prompt_token_ids[start + 1 : end + 1], dtype=torch.long, device=self.device
             )
             result.prompt_logprobs[request.request_id] = compute_prompt_logprobs(logits, targets, k)
+
+    def _request_generator(self, request: Request) -> torch.Generator | None:
+        """``_generator``, its failure blamed on this request alone (the engine fails only it)."""
+        try:
+            return self._generator(request)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the request it belongs to
+            raise RequestFailure([request.request_id], exc) from exc
 
     def _generator(self, request: Request) -> torch.Generator | None:
         seed = request.sampling_params.seed

@@ -61,6 +61,9 @@ def add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    from pagedllm.entrypoints.openai.bench_soak import add_soak_args
+
+    add_soak_args(parser)
 
 
 def _prompts(n: int, lo: int, hi: int, seed: int) -> list[str]:
@@ -204,7 +207,12 @@ async def _main(args: argparse.Namespace) -> list[dict]:
 
 
 def run_bench_serve(args: argparse.Namespace) -> int:
-    """Run the sweep; print the table; write JSON to ``--out``. 0 when every request succeeded."""
+    """Run the sweep; print the table; write JSON to ``--out``. 0 when every request succeeded.
+    With ``--soak MINUTES``, run the soak test instead (``bench_soak.py``)."""
+    if getattr(args, "soak", None) is not None:
+        from pagedllm.entrypoints.openai.bench_soak import run_soak
+
+        return run_soak(args)
     try:
         import httpx  # noqa: F401
     except ImportError as exc:

@@ -4,7 +4,9 @@ Models live at module level: with ``from __future__ import annotations`` pydanti
 string annotations from this module's globals. No request field is silently ignored: an
 unknown one is refused with a 400 naming it (``SamplingFields.unsupported_fields``), except a
 few that cannot change the output (``metadata``, ``store``, ...). Sampling values are checked by
-``SamplingParams`` so every path gives the same message.
+``SamplingParams`` so every path gives the same message. Types are strict, as in OpenAI's API:
+``"5"`` is no integer and ``1e12`` no token count (an integer field takes only JSON integers, a
+number field integers or floats, never strings).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ def random_id(prefix: str) -> str:
 
 
 class OpenAIModel(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
 
 
 # ---------------------------------------------------------------- shared

@@ -40,8 +40,10 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.serving_base import (
     ServerState,
+    admit,
     all_final,
     build_params,
+    check_text,
     merge_streams,
     sse,
     sse_error,
@@ -88,7 +90,11 @@ def render_chat(
     plain = [_message_dict(m) for m in messages]
     try:
         ids = state.tokenizer.apply_chat_template(
-            plain, add_generation_prompt=add_generation_prompt, tokenize=True, tools=tools
+            plain,
+            add_generation_prompt=add_generation_prompt,
+            tokenize=True,
+            tools=tools,
+            parse_special_tokens_in_content=state.parse_special_tokens_in_chat,
         )
     except (ValueError, TypeError) as exc:
         raise APIError(400, f"cannot apply the chat template: {exc}", param="messages") from exc
@@ -128,14 +134,24 @@ async def create_chat_completion(
 ) -> JSONResponse | StreamingResponse:
     model = state.check_model(body.model)
     refuse_unsupported(body)
-    max_tokens = body.max_completion_tokens or body.max_tokens
+    max_tokens = (
+        body.max_tokens if body.max_completion_tokens is None else body.max_completion_tokens
+    )
     plan = plan_tools(body, state.tool_call_parser)
     params = build_params(body, max_tokens)
     if plan.constraint is not None:
         params = params.clone(structured_output=plan.constraint)
-    prompt_ids = render_chat(state, body.messages, body.add_generation_prompt, plan.tools)
+    check_text(state, "".join(m.text() for m in body.messages), "messages")
+    admit(state, 1)  # a cheap 429 before any tokenizing
     request_id = random_id("chatcmpl")
-    streams = await submit(state, [(None, prompt_ids)], params, request_id)
+
+    async def tokenize_and_submit() -> list[RequestStream]:
+        prompt_ids = await state.run_blocking(
+            render_chat, state, body.messages, body.add_generation_prompt, plan.tools
+        )
+        return await submit(state, [(None, prompt_ids)], params, request_id)
+
+    streams = await unless_disconnected(raw, tokenize_and_submit())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         generator = _stream(body, state, streams, request_id, model, include_usage, plan)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -19,6 +20,7 @@ from pagedllm.entrypoints.openai.protocol import (
 )
 from pagedllm.entrypoints.openai.serving_base import (
     ServerState,
+    admit,
     all_final,
     build_params,
     merge_streams,
@@ -91,14 +93,28 @@ async def create_completion(
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     prompts = normalize_prompts(body.prompt)
     params = build_params(body, body.max_tokens)
+    admit(state, len(prompts))  # bad input is a 400 first; then a cheap 429 before tokenizing
     request_id = random_id("cmpl")
-    streams = await submit(state, prompts, params, request_id)
+
+    async def tokenize_and_submit() -> list[RequestStream]:
+        ids = await asyncio.gather(
+            *(state.encode_prompt(t) if i is None else _same(i) for t, i in prompts)
+        )
+        tokenized = [(t, i) for (t, _), i in zip(prompts, ids, strict=True)]
+        return await submit(state, tokenized, params, request_id)
+
+    # a client that leaves while its prompts are tokenized or queued aborts them
+    streams = await unless_disconnected(raw, tokenize_and_submit())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         generator = _stream(body, state, streams, request_id, model, include_usage)
         return StreamingResponse(generator, media_type="text/event-stream")
     outputs = await unless_disconnected(raw, all_final(streams))
     return JSONResponse(_response(body, state, outputs, request_id, model).model_dump())
+
+
+async def _same(ids: list[int]) -> list[int]:
+    return ids
 
 
 def _prompt_text(state: ServerState, out: RequestOutput) -> str:
