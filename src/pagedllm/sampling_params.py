@@ -8,9 +8,22 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pagedllm.engine.stop_matcher import StopMatcher
+
+from pagedllm.structured.params import StructuredOutputParams
 
 _GREEDY_EPS = 1e-5
+# Seeds become torch.Generator seeds: like vLLM, keep seed .. seed + n - 1 in the int64 range, so
+# a bad seed is a 400 at validation instead of an exception inside a batch's sampler.
+_INT64_MIN = -(2**63)
+_INT64_MAX = 2**63 - 1
+MAX_TEMPERATURE = 2.0  # the OpenAI API's upper bound
+# Stop strings are compiled into an automaton held per request: bound its size.
+MAX_STOP_STRINGS = 64
+MAX_STOP_STRING_CHARS = 1024
 
 
 @dataclass(slots=True)
@@ -40,6 +53,12 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token
     prompt_logprobs: int | None = None  # number of top logprobs per prompt token
     skip_special_tokens: bool = True
+    # The output must match this JSON schema / regex / choice / grammar (structured/).
+    structured_output: StructuredOutputParams | None = None
+    # token id -> bias in [-100, 100] added to its logit (OpenAI's logit_bias); ids are checked
+    # against the model's vocabulary when the request is added.
+    logit_bias: dict[int, float] | None = None
+    _stop_matcher: StopMatcher | None = field(default=None, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -50,7 +69,9 @@ class SamplingParams:
             self.stop_token_ids = []
         if self.top_k == -1:
             self.top_k = 0
+        self.structured_output = StructuredOutputParams.from_value(self.structured_output)
         self._validate()
+        self.logit_bias = _check_logit_bias(self.logit_bias)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SamplingParams:
@@ -66,6 +87,14 @@ class SamplingParams:
         """True when the request takes the most likely token at every step."""
         return self.temperature < _GREEDY_EPS
 
+    def stop_matcher(self) -> StopMatcher:
+        """The stop strings' automaton, built on first use and shared by every sample."""
+        if self._stop_matcher is None:
+            from pagedllm.engine.stop_matcher import StopMatcher
+
+            self._stop_matcher = StopMatcher(self.stop)
+        return self._stop_matcher
+
     def clone(self, **changes: Any) -> SamplingParams:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
@@ -73,6 +102,8 @@ class SamplingParams:
     def _validate(self) -> None:
         _check_int("n", self.n, low=1)
         _check_number("temperature", self.temperature, low=0.0)
+        if self.temperature > MAX_TEMPERATURE:
+            raise ValueError(f"temperature must be <= {MAX_TEMPERATURE:g}, got {self.temperature}")
         _check_number("top_p", self.top_p)
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -81,7 +112,7 @@ class SamplingParams:
         if not 0.0 <= self.min_p <= 1.0:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if self.seed is not None:
-            _check_int("seed", self.seed)
+            _check_int("seed", self.seed, low=_INT64_MIN, high=_INT64_MAX - (self.n - 1))
         for name in ("presence_penalty", "frequency_penalty"):
             value = getattr(self, name)
             _check_number(name, value)
@@ -103,6 +134,10 @@ class SamplingParams:
             raise TypeError("stop must be a string or a list of strings")
         if any(s == "" for s in self.stop):
             raise ValueError("stop strings must not be empty")
+        if len(self.stop) > MAX_STOP_STRINGS:
+            raise ValueError(f"stop takes at most {MAX_STOP_STRINGS} strings, got {len(self.stop)}")
+        if any(len(s) > MAX_STOP_STRING_CHARS for s in self.stop):
+            raise ValueError(f"each stop string must be at most {MAX_STOP_STRING_CHARS} characters")
         if not isinstance(self.stop_token_ids, list):
             raise TypeError("stop_token_ids must be a list of integers")
         for token_id in self.stop_token_ids:
@@ -113,9 +148,31 @@ class SamplingParams:
                 _check_int(name, value, low=0, high=20)
 
 
+def _check_logit_bias(bias: Any) -> dict[int, float] | None:
+    """``{token id: bias}`` with ids as ints (JSON keys arrive as strings) and biases in
+    [-100, 100]; an empty dict is None."""
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise TypeError(f"logit_bias must be a mapping of token id to bias, got {bias!r}")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise TypeError(f"logit_bias keys must be token ids, got {key!r}") from None
+        _check_int("logit_bias token id", token_id, low=0)
+        _check_number(f"logit_bias[{token_id}]", value)
+        if not -100.0 <= value <= 100.0:
+            raise ValueError(f"logit_bias[{token_id}] must be in [-100, 100], got {value}")
+        out[token_id] = float(value)
+    return out or None
+
+
 def _check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    high = _INT64_MAX if high is None else high  # nothing downstream holds a wider integer
     if low is not None and value < low:
         raise ValueError(f"{name} must be >= {low}, got {value}")
     if high is not None and value > high:

@@ -160,3 +160,21 @@ def test_multi_step_and_async_rounds_keep_window_slots_right(tiny):
         async_scheduling=True,
     )
     _check(llm, ps, expected)
+
+
+def test_tensor_parallel_gemma2_with_window_freeing(tmp_path):
+    """Two ranks (one KV head each) with per-group tables: equal to transformers."""
+    hf = save_tiny_model("gemma2", tmp_path)
+    ps = prompts(LENS[:2])
+    want = [hf_greedy(hf, p, MAX_NEW) for p in ps]
+    with LLM(
+        model=str(tmp_path),
+        dtype="float32",
+        device="cpu",
+        block_size=4,
+        num_gpu_blocks=200,
+        max_num_batched_tokens=32,
+        tensor_parallel_size=2,
+    ) as llm:
+        assert llm.engine.scheduler.kv_manager.num_groups == 2
+        _check(llm, ps, want)

@@ -7,7 +7,6 @@ testable on the same server as everything else.
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +21,8 @@ API_KEY = "test-key"
 MODEL = "smol"
 MAX_MODEL_LEN = 512
 MAX_BODY = 1 << 20
+HEADER_TIMEOUT = 1.0  # short, so the slow-header test is quick
+BODY_TIMEOUT = 1.0
 
 
 @dataclass
@@ -32,6 +33,8 @@ class ServerHandle:
     engine: object
     max_model_len: int = MAX_MODEL_LEN
     max_body: int = MAX_BODY
+    header_timeout: float = HEADER_TIMEOUT
+    body_timeout: float = BODY_TIMEOUT
 
     @property
     def headers(self) -> dict[str, str]:
@@ -55,20 +58,22 @@ def server() -> Iterator[ServerHandle]:
     import uvicorn
 
     from pagedllm.engine.async_engine import AsyncLLMEngine
-    from pagedllm.entrypoints.openai.server import build_app
+    from pagedllm.entrypoints.openai.http_protocol import make_server_socket
+    from pagedllm.entrypoints.openai.server import build_app, uvicorn_config
 
-    engine = AsyncLLMEngine.from_config(engine_config())
+    engine = AsyncLLMEngine.from_config(engine_config(), max_waiting_requests=256)
     app = build_app(
         engine,
         api_key=API_KEY,
         served_model_names=[MODEL],
         max_body_bytes=MAX_BODY,
         drain_timeout=5.0,
+        tool_call_parser="hermes",
+        body_timeout=BODY_TIMEOUT,
     )
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = make_server_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=5))
+    uv = uvicorn.Server(uvicorn_config(app, 5, HEADER_TIMEOUT, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 60

@@ -18,7 +18,7 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def _start_server() -> tuple[subprocess.Popen, str]:
+def _start_server(shutdown_timeout: float = 20) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.pop("PAGEDLLM_API_KEY", None)
     cmd = [
@@ -36,7 +36,7 @@ def _start_server() -> tuple[subprocess.Popen, str]:
         "--log-level",
         "warning",
         "--shutdown-timeout",
-        "20",
+        str(shutdown_timeout),
     ]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -93,3 +93,36 @@ def test_sigterm_finishes_in_flight_request_and_exits_0() -> None:
     assert sum(1 for c in chunks if c["choices"][0]["text"]) >= 20  # it really finished
     with pytest.raises(httpx.HTTPError):
         httpx.get(base + "/health", timeout=2)
+
+
+def test_sigterm_past_the_shutdown_timeout_answers_every_request() -> None:
+    """Requests still running when the grace period ends get an error, not a cut connection:
+    a stream an error event and [DONE], a non-streaming request a JSON error body."""
+    proc, base = _start_server(shutdown_timeout=1)
+    body = {"prompt": "Tell me a story", "max_tokens": 240, "temperature": 0, "ignore_eos": True}
+    plain: dict = {}
+
+    def non_streaming() -> None:
+        resp = httpx.post(base + "/v1/completions", json=body, timeout=60)
+        plain["status"], plain["json"] = resp.status_code, resp.json()
+
+    worker = threading.Thread(target=non_streaming)
+    try:
+        worker.start()
+        lines: list[str] = []
+        stream_body = {**body, "stream": True}
+        with httpx.stream("POST", base + "/v1/completions", json=stream_body, timeout=60) as resp:
+            for line in resp.iter_lines():
+                if line:
+                    lines.append(line)
+                if len(lines) == 1:
+                    proc.send_signal(signal.SIGTERM)
+        worker.join(60)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert lines[-1] == "data: [DONE]"
+    error = json.loads(lines[-2][6:])["error"]
+    assert error["code"] == 503 and "shut down" in error["message"]
+    assert plain["status"] == 503 and "shut down" in plain["json"]["error"]["message"]

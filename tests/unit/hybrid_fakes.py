@@ -26,6 +26,7 @@ class HybridFakeRunner(FakeRunner):
         self.windows = windows
         self.max_live = 0  # most live blocks one window group held for one request
         self.prev_steps = 1  # steps of the last executed round (a continuation's lookahead)
+        self.max_lookahead = 0
 
     def _tables(self, sr) -> list[list[int]]:  # noqa: ANN001
         return sr.group_block_tables or [sr.block_table]
@@ -38,6 +39,7 @@ class HybridFakeRunner(FakeRunner):
         for cpu, dev in out.blocks_to_swap_in:
             self._copy(self.cpu, cpu, self.kv, dev)
         kv = sched.kv_manager
+        self.max_lookahead = sched.config.num_scheduler_steps - 1
         null = kv.pool.null_block
         null_id = None if null is None else null.block_id
         self._check_tables(kv, null_id)
@@ -88,7 +90,10 @@ class HybridFakeRunner(FakeRunner):
             live = sum(1 for b in table if b != null_id)
             # a continuation's slots were allocated before the round in flight advanced the
             # request, so that round's steps count as lookahead too
-            ahead = sr.num_lookahead + (self.prev_steps if sr.prev_row is not None else 0)
+            # (a multi-step round that falls back to one step keeps the slots it allocated
+            # ahead, so up to num_scheduler_steps - 1 of lookahead may be held at any time)
+            lookahead = max(sr.num_lookahead, self.max_lookahead)
+            ahead = lookahead + (self.prev_steps if sr.prev_row is not None else 0)
             bound = window_bound(window, self.bs, len(sr.token_ids), ahead)
             assert live <= bound, f"window group {g} holds {live} blocks > {bound}"
             self.max_live = max(self.max_live, live)

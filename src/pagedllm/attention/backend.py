@@ -42,3 +42,9 @@ class AttentionBackend(ABC):
         With ``sliding_window`` ``w`` a query at position p sees keys ``p - w + 1 .. p`` and
         never reads a page before that (its table slot may hold the null block). With
         ``softcap`` the scores are ``softcap * tanh(score / softcap)``."""
+
+    def warm_up(self, kv_cache: torch.Tensor, num_heads: int, dtype: torch.dtype) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Compile whatever this backend would otherwise compile while serving (default: none).
+
+        ``kv_cache`` is one layer's pages (only read); ``num_heads`` the query heads per rank.
+        """

@@ -226,23 +226,27 @@ class TorchAttentionBackend(AttentionBackend):
         width = block_tables.shape[1]
         num_pages = min(-(-max_len // block_size), width)
         last = (seq_lens.to(torch.int64) - 1)[:, None]  # the query's position
+        arange = torch.arange(num_pages * block_size, device=query.device)
         if sliding_window is not None and sliding_window < max_len:
             num_pages = min(num_pages, (sliding_window - 1) // block_size + 2)
             first = (last - sliding_window + 1).clamp(min=0) // block_size  # [B, 1]
+            cols = first + torch.arange(num_pages, device=query.device)[None, :]  # [B, P]
+            tables = block_tables.gather(1, cols.clamp(max=width - 1)).reshape(-1)
+            key_pos = first * block_size + arange[None, : num_pages * block_size]
         else:
-            first = torch.zeros_like(last)
-        cols = first + torch.arange(num_pages, device=query.device)[None, :]  # [B, P]
-        tables = block_tables.gather(1, cols.clamp(max=width - 1)).reshape(-1)
+            tables = block_tables[:, :num_pages].reshape(-1)
+            key_pos = arange[None, :]
         kvh, dim = kv_cache.shape[-2:]
         max_pad = num_pages * block_size
-        key_pos = (cols[:, :, None] * block_size) + torch.arange(block_size, device=query.device)
-        key_pos = key_pos.reshape(num_decodes, max_pad)
         mask = key_pos <= last
         if sliding_window is not None:
-            mask &= key_pos > last - sliding_window
-        hidden = ~mask[:, :, None, None]
+            mask = mask & (key_pos > last - sliding_window)
+        # row-wise memset of the hidden slots (a broadcast masked_fill_ was 10x the gather)
+        hidden = (~mask).reshape(-1).nonzero().squeeze(1)
         k, v = (
-            x.view(num_decodes, max_pad, kvh, dim).masked_fill_(hidden, 0).transpose(1, 2)
+            _zero_rows(x.view(num_decodes * max_pad, kvh * dim), hidden)
+            .view(num_decodes, max_pad, kvh, dim)
+            .transpose(1, 2)
             for x in self._gather_pages(kv_cache, tables)
         )  # [B, kvh, L, d]
         # One query per sequence, so the g query heads sharing a KV head can ride as g query
@@ -295,6 +299,13 @@ class TorchAttentionBackend(AttentionBackend):
                 out = _sdpa(q, k, v, scale, mask=mask, softcap=softcap)
             output[start : start + query_len] = out[0].transpose(0, 1)
             start += query_len
+
+
+def _zero_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Zero rows ``rows`` of ``x`` in place (none: untouched); returns ``x``."""
+    if rows.numel():
+        x.index_fill_(0, rows, 0)
+    return x
 
 
 def _chunk_mask(

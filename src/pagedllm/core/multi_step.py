@@ -56,5 +56,6 @@ def plain_sampling(req: Request) -> bool:
         and p.presence_penalty == 0.0
         and p.frequency_penalty == 0.0
         and p.repetition_penalty == 1.0
+        and p.structured_output is None  # its mask needs the previous token on the host
         and req.num_output_tokens >= p.min_tokens
     )

@@ -9,6 +9,13 @@ no second scheduler: batching is the engine's own continuous batching.
 Each request gets a ``RequestStream`` (an ``asyncio.Queue`` read on the loop). A stream that is
 closed before its request finished (client disconnect, cancelled task) aborts the request, so
 its KV blocks are freed within a step.
+
+Admission and deadlines live here too, on the loop: ``max_waiting_requests`` bounds the requests
+accepted but not yet producing output (``check_admission`` raises ``EngineOverloadedError``, a
+429 in the server); ``request_timeout`` aborts a request that has not finished that many seconds
+after it arrived (``RequestTimeoutError``, its blocks freed within a step); ``begin_shutdown``
+fails whatever is still running when the shutdown grace period ends (``EngineDeadError``), so
+every client gets an answer before the server closes.
 """
 
 from __future__ import annotations
@@ -22,21 +29,20 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pagedllm.engine.errors import (  # noqa: F401 - re-exported: the server imports them here
+    EngineDeadError,
+    EngineOverloadedError,
+    EngineStepError,
+    RequestTimeoutError,
+)
 from pagedllm.engine.outputs import RequestOutput
+from pagedllm.engine.request_stream import RequestStream
 from pagedllm.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
 # How long the idle engine thread sleeps on its command queue before rechecking for shutdown.
 _IDLE_WAIT_S = 0.1
-
-
-class EngineDeadError(RuntimeError):
-    """The engine is shut down (or shutting down) and accepts no new requests."""
-
-
-class EngineStepError(RuntimeError):
-    """A model step failed; the requests that were in flight are failed with this error."""
 
 
 @dataclass(slots=True)
@@ -61,52 +67,7 @@ class _Timing:
     arrival: float
     last_token: float | None = None
     num_tokens: int = 0
-
-
-class RequestStream:
-    """The outputs of one request, in order; iterate with ``async for``.
-
-    Raises ``EngineStepError`` if the engine failed while the request was in flight.
-    ``close()`` (also called when iteration is abandoned) aborts an unfinished request.
-    """
-
-    def __init__(self, engine: AsyncLLMEngine, request_id: str) -> None:
-        self.request_id = request_id
-        self.finished = False
-        self._engine = engine
-        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
-
-    def _put(self, item: RequestOutput | BaseException) -> None:
-        self._queue.put_nowait(item)
-
-    def __aiter__(self) -> RequestStream:
-        return self
-
-    async def __anext__(self) -> RequestOutput:
-        if self.finished:
-            raise StopAsyncIteration
-        try:
-            item = await self._queue.get()
-        except BaseException:
-            self.close()  # cancelled while waiting: the client is gone
-            raise
-        if isinstance(item, BaseException):
-            self.finished = True
-            self._engine._streams.pop(self.request_id, None)
-            raise item
-        if item.finished:
-            self.finished = True
-            self._engine._streams.pop(self.request_id, None)
-            if item.error is not None or any(c.finish_reason == "error" for c in item.outputs):
-                # The engine failed this request's step: surface it as an exception.
-                raise EngineStepError(item.error or "the engine failed this request")
-        return item
-
-    def close(self) -> None:
-        """Stop listening; aborts the request in the engine if it has not finished."""
-        if not self.finished:
-            self.finished = True
-            self._engine._abort_now(self.request_id)
+    ttft: float | None = None
 
 
 class AsyncLLMEngine:
@@ -116,9 +77,17 @@ class AsyncLLMEngine:
     seconds (see ``pagedllm.metrics.ServerMetrics``).
     """
 
-    def __init__(self, engine: Any, metrics: Any | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        metrics: Any | None = None,
+        max_waiting_requests: int | None = None,
+        request_timeout: float | None = None,
+    ) -> None:
         self.engine = engine
         self.metrics = metrics
+        self.max_waiting_requests = max_waiting_requests
+        self.request_timeout = request_timeout
         self.tokenizer = engine.tokenizer
         self._commands: queue.Queue[_Add | _Abort | None] = queue.Queue()
         self._streams: dict[str, RequestStream] = {}
@@ -130,13 +99,17 @@ class AsyncLLMEngine:
         self._stats: Any = None
         self._stats_lock = threading.Lock()
         self.last_error: str | None = None
+        # called on the engine thread after each stats refresh as hook(engine, stats): the
+        # periodic stats log and the dashboard's page snapshot (entrypoints/)
+        self.stats_hooks: list[Callable[[Any, Any], None]] = []
+        self.request_logger: Any | None = None  # --log-requests (entrypoints/stats_logger.py)
 
     @classmethod
-    def from_config(cls, config: Any, metrics: Any | None = None) -> AsyncLLMEngine:
-        """Build the engine (loads the model: slow) and wrap it."""
+    def from_config(cls, config: Any, metrics: Any | None = None, **limits: Any) -> AsyncLLMEngine:
+        """Build the engine (loads the model: slow) and wrap it (``limits``: see __init__)."""
         from pagedllm.engine.llm_engine import LLMEngine
 
-        return cls(LLMEngine.from_config(config), metrics=metrics)
+        return cls(LLMEngine.from_config(config), metrics=metrics, **limits)
 
     # ----------------------------------------------------------------- properties
     @property
@@ -157,6 +130,26 @@ class AsyncLLMEngine:
     @property
     def num_in_flight(self) -> int:
         return len(self._streams)
+
+    @property
+    def num_waiting(self) -> int:
+        """Requests accepted (or being accepted) that have produced no output yet."""
+        return sum(1 for stream in self._streams.values() if not stream.started)
+
+    def check_admission(self, count: int = 1) -> None:
+        """Raise ``EngineOverloadedError`` if ``count`` more waiting requests exceed the cap."""
+        if not self._accepting:
+            raise EngineDeadError("the server is shutting down")
+        cap = self.max_waiting_requests
+        if cap is None:
+            return
+        waiting = self.num_waiting
+        if waiting + count > cap:
+            raise EngineOverloadedError(
+                f"the server is overloaded: {waiting} requests are waiting (limit {cap}); "
+                "retry later",
+                retry_after=1,
+            )
 
     def stats(self) -> Any:
         """The engine's stats as of its last step (read without touching the engine)."""
@@ -192,8 +185,9 @@ class AsyncLLMEngine:
             # Called from the engine thread: resolve the future on the loop.
             loop.call_soon_threadsafe(_resolve, accepted, exc)
 
-        stream = RequestStream(self, request_id)
         now = time.monotonic()
+        deadline = None if self.request_timeout is None else now + self.request_timeout
+        stream = RequestStream(self, request_id, deadline)
         # Registered before the add so the first step's outputs always find the stream.
         self._streams[request_id] = stream
         self._timing[request_id] = _Timing(arrival=now)
@@ -207,6 +201,8 @@ class AsyncLLMEngine:
             if not accepted.done() or accepted.cancelled():
                 self._commands.put(_Abort([request_id]))
             raise
+        if self.request_logger is not None:
+            self.request_logger.received(request_id, prompt, prompt_token_ids, params)
         return stream
 
     async def generate(
@@ -238,17 +234,32 @@ class AsyncLLMEngine:
         self._commands.put(_Abort([request_id]))
 
     # ------------------------------------------------------------------ shutdown
+    def begin_shutdown(self, grace: float) -> None:
+        """Stop accepting now; fail what still runs after ``grace`` seconds (on the loop).
+
+        Called when the server is told to stop (SIGTERM), before the HTTP server's own grace
+        period ends, so every stream still gets an error event and ``[DONE]`` and every other
+        client a JSON error instead of a cut connection.
+        """
+        self._accepting = False
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(loop.call_later, grace, self._fail_remaining)
+
+    def _fail_remaining(self) -> None:
+        for rid, stream in list(self._streams.items()):
+            # Abort first, then hand the consumer the reason (it is not marked finished, so it
+            # still reads the error).
+            self._abort_now(rid)
+            stream._put(EngineDeadError("the server shut down before the request finished"))
+
     async def drain(self, timeout: float) -> None:
         """Stop accepting requests, let in-flight ones finish for ``timeout`` s, abort the rest."""
         self._accepting = False
         deadline = time.monotonic() + timeout
         while self._streams and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        for rid, stream in list(self._streams.items()):
-            # Abort first, then hand the consumer the reason (it is not marked finished, so it
-            # still reads the error).
-            self._abort_now(rid)
-            stream._put(EngineDeadError("the server shut down before the request finished"))
+        self._fail_remaining()
         self.shutdown()
 
     def shutdown(self, timeout: float = 30.0) -> None:
@@ -346,6 +357,11 @@ class AsyncLLMEngine:
             return
         with self._stats_lock:
             self._stats = stats
+        for hook in self.stats_hooks:
+            try:
+                hook(self.engine, stats)
+            except Exception:  # noqa: BLE001 - logging and dashboards must never break serving
+                logger.exception("stats hook %r failed", hook)
 
     def _call_loop(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -362,6 +378,7 @@ class AsyncLLMEngine:
             self._observe(out, step_time)
             stream = self._streams.get(out.request_id)
             if stream is not None:
+                stream.started = True
                 stream._put(out)
 
     def _observe(self, out: RequestOutput, now: float) -> None:
@@ -375,12 +392,16 @@ class AsyncLLMEngine:
             else:
                 self.metrics.observe_itl((now - timing.last_token) / new_tokens)
         if new_tokens:
+            if timing.last_token is None:
+                timing.ttft = now - timing.arrival
             timing.last_token = now
             timing.num_tokens += new_tokens
         if out.finished:
             self._timing.pop(out.request_id, None)
             if self.metrics is not None:
                 self.metrics.observe_e2e(now - timing.arrival)
+            if self.request_logger is not None:
+                self.request_logger.finished(out, timing.ttft, now - timing.arrival)
 
     def _fail_streams(self, ids: list[str], message: str) -> None:
         for rid in ids:

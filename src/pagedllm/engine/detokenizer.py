@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pagedllm.engine.stop_matcher import StopMatcher
 from pagedllm.sampling_params import SamplingParams
 
 # Tokens of left context decoded with the first output token (vLLM uses 5 too).
@@ -47,6 +48,9 @@ class IncrementalDetokenizer:
         self._backend = tokenizer.backend
         self._skip_special = params.skip_special_tokens
         self._stops = list(params.stop)
+        # one automaton per SamplingParams (shared by the n samples); our state in it
+        self._matcher: StopMatcher | None = params.stop_matcher() if self._stops else None
+        self._state = 0
         self._include_stop = params.include_stop_str_in_output
         self._min_tokens = params.min_tokens
         # Only the tail of the prompt is ever decoded, so keep just that much.
@@ -82,9 +86,10 @@ class IncrementalDetokenizer:
         for token_id in new_ids:
             self.output_token_ids.append(token_id)
             old_len = len(self._text)
-            self._text += self._decode_next(token_id)
-            if self._stops and len(self.output_token_ids) >= self._min_tokens:
-                stop = self._check_stop(old_len)
+            piece = self._decode_next(token_id)
+            self._text += piece
+            if self._matcher is not None:
+                stop = self._check_stop(piece, old_len)
                 if stop is not None:
                     self.stop_hit = stop
                     self.finished = True
@@ -127,29 +132,24 @@ class IncrementalDetokenizer:
             self._prefix_offset = 0
         return delta
 
-    def _check_stop(self, old_len: int) -> str | None:
-        """Find a stop string ending in the text added since ``old_len``; cut the text there."""
-        best: tuple[int, int, str] | None = None
-        for stop in self._stops:
-            # Only matches that end in the new text are new; earlier ones were already checked.
-            start = max(0, old_len - len(stop) + 1)
-            idx = self._text.find(stop, start)
-            if idx >= 0 and (best is None or (idx, len(stop)) < best[:2]):
-                best = (idx, len(stop), stop)
-        if best is None:
+    def _check_stop(self, piece: str, old_len: int) -> str | None:
+        """Feed the new text to the automaton; on a stop string ending in it, cut the text.
+
+        Stop strings count once ``min_tokens`` output tokens exist; of those ending in the new
+        text the earliest-starting wins (ties: the shorter, which completed first).
+        """
+        collect = len(self.output_token_ids) >= self._min_tokens
+        self._state, matches = self._matcher.scan(self._state, piece, old_len, collect)
+        if not matches:
             return None
-        idx, length, stop = best
-        self._text = self._text[: idx + length if self._include_stop else idx]
+        best = min(matches, key=lambda m: (m.start, m.end - m.start))
+        stop = self._text[best.start : best.end]
+        self._text = self._text[: best.end if self._include_stop else best.start]
         return stop
 
     def _held_back(self) -> int:
         """Length of the longest tail of the text that is a proper prefix of a stop string."""
-        held = 0
-        for stop in self._stops:
-            for length in range(min(len(stop) - 1, len(self._text)), held, -1):
-                if self._text.endswith(stop[:length]):
-                    held = length
-                    break
+        held = 0 if self._matcher is None else self._matcher.held_back(self._state)
         # Never take back text that was already emitted.
         return min(held, len(self._text) - self._emitted)
 

@@ -17,9 +17,11 @@ from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.errors import RequestFailure
+from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import resolve_prompt
+from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.cache_engine import kv_cache_layout
@@ -155,17 +157,17 @@ class LLMEngine:
             raise ValueError(f"request id {request_id!r} is already in use; pick a unique id")
         if not isinstance(params, SamplingParams):
             raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
+        check_params(params, self.config.scheduler.max_n)
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
-                "shorten the prompt or raise max_model_len"
-            )
+        self._check_constraints(params)
+        max_tokens = resolve_max_tokens(
+            len(ids),
+            params.max_tokens,
+            self.max_model_len,
+            self.config.scheduler.truncate_max_tokens,
+        )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         internal = f"{request_id}#{next(self._ids)}"
-        max_tokens = self.max_model_len - len(ids)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
         requests = [
             Request(
                 request_id=f"{internal}.{i}",
@@ -195,6 +197,16 @@ class LLMEngine:
         for request in requests:
             self._group_of[request.request_id] = group
         self.prompt_tokens_total += len(ids)
+
+    def _check_constraints(self, params: SamplingParams) -> None:
+        """logit_bias ids inside the vocabulary; the grammar compiles (cached for the run)."""
+        for token_id in params.logit_bias or {}:
+            if token_id >= self.vocab_size:
+                raise ValueError(
+                    f"logit_bias token id {token_id} is outside the vocabulary "
+                    f"(size {self.vocab_size})"
+                )
+        self.runner.structured.validate(params.structured_output)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         """Stop requests wherever they are; unknown ids are ignored (they may have finished).
@@ -253,6 +265,12 @@ class LLMEngine:
                 )
             else:
                 pending = PendingStep(self.runner.execute(scheduled, requests, forks))
+        except RequestFailure as exc:
+            # only these requests are at fault: the others' state did not advance, so the
+            # next step schedules them again
+            logger.warning("requests %s failed: %s", exc.request_ids, exc)
+            self._fail_step(scheduled, exc.cause, exc.request_ids)
+            return None
         except Exception as exc:  # noqa: BLE001 - one bad step must not take the engine down
             logger.exception("model step failed; failing its requests")
             self._fail_step(scheduled, exc)
@@ -280,11 +298,22 @@ class LLMEngine:
         self._record_prompt_logprobs(result)
         for request in changed:
             new = request.output_token_ids[num_before[request.request_id] :]
-            self._on_new_tokens(request, new, result)
+            self._apply_tokens(request, new, result)
         for children in forks.values():
             for child in children:
-                self._on_new_tokens(child, child.output_token_ids[-1:], result)
+                self._apply_tokens(child, child.output_token_ids[-1:], result)
         return self._collect_outputs()
+
+    def _apply_tokens(self, request: Request, tokens: list[int], result: ModelOutput) -> None:
+        """``_on_new_tokens``; a failure there (detokenizing, say) fails only this request."""
+        try:
+            self._on_new_tokens(request, tokens, result)
+        except Exception as exc:  # noqa: BLE001 - one request's host work must not fail others
+            logger.exception("output processing failed for %s", request.request_id)
+            group = self._group_of.get(request.request_id)
+            if group is not None and group.request_id in self._groups:
+                message = f"{type(exc).__name__}: {exc}"
+                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def _take_pending(self) -> list[RequestOutput]:
         outputs, self._pending = self._pending, []
@@ -413,13 +442,22 @@ class LLMEngine:
         self._pending.append(group.take_output())
         self._forget(group)
 
-    def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
+    def _fail_step(
+        self,
+        scheduled: SchedulerOutput,
+        exc: BaseException,
+        request_ids: Iterable[str] | None = None,
+    ) -> None:
         """Fail every request of a step; their final outputs wait in ``_pending``.
 
         The step's KV was not (reliably) written, so first the blocks it registered in the
         prefix cache become unfindable again, and so do those of a continuation queued behind
         it (which reads the failed step's tokens). The requests whose pages the step's swap
         copies were moving fail with it: their pages hold nothing trustworthy.
+
+        With ``request_ids`` (a ``RequestFailure``: the runner blamed those requests, after its
+        swaps and copies were done) only they fail; the step's other requests did not advance
+        and run again next step.
         """
         plans = [scheduled]
         if self._in_flight is not None and self._in_flight.scheduled is not scheduled:
@@ -427,12 +465,22 @@ class LLMEngine:
         for plan in plans:
             self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
-        for plan in plans:
-            ids = [s.request_id for s in plan.scheduled]
-            for request_id in ids + plan.swapped_in_ids + plan.swapped_out_ids:
-                group = self._group_of.get(request_id)
-                if group is not None and group.request_id in self._groups:
-                    self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+        if request_ids is not None:
+            failed = list(request_ids)  # a forked sample's id leads to its group too
+        else:
+            failed = [
+                request_id
+                for plan in plans
+                for request_id in (
+                    [s.request_id for s in plan.scheduled]
+                    + plan.swapped_in_ids
+                    + plan.swapped_out_ids
+                )
+            ]
+        for request_id in failed:
+            group = self._group_of.get(request_id)
+            if group is not None and group.request_id in self._groups:
+                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""
@@ -441,6 +489,10 @@ class LLMEngine:
             stop()
 
     # ----------------------------------------------------------------- stats
+    def kv_snapshot(self) -> dict:
+        """A read-only picture of the KV page pool (``engine/kv_snapshot.py``; /dashboard)."""
+        return take_kv_snapshot(self.scheduler)
+
     def stats(self) -> EngineStats:
         kv = self.scheduler.kv_manager
         total = kv.num_blocks

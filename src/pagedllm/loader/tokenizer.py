@@ -12,6 +12,10 @@ from typing import Any
 from tokenizers import Tokenizer as BackendTokenizer
 
 from .chat_template import render_chat_template
+from .tool_prompt import hermes_messages, template_supports_tools
+
+# Private-use characters that mark where message content sits in a rendered chat prompt.
+_OPEN, _CLOSE = "\ue000", "\ue001"
 
 
 class Tokenizer:
@@ -42,6 +46,7 @@ class Tokenizer:
         self.pad_token_id = pad_token_id
         self.unk_token_id = unk_token_id
         self.chat_template = chat_template
+        self._plain_backend: BackendTokenizer | None = None  # special-token text as plain text
 
     # -- vocabulary -------------------------------------------------------------------------
     @property
@@ -119,13 +124,23 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         tokenize: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
+        parse_special_tokens_in_content: bool = False,
         **kwargs: Any,
     ) -> list[int] | str:
         """Render ``messages`` with the model's chat template (or ``chat_template``).
 
         Returns token ids when ``tokenize`` (encoded without adding BOS again: the template
         writes every special token itself, as transformers does), else the prompt text. Extra
-        keyword arguments (``tools``, ``enable_thinking``, ...) become template variables.
+        keyword arguments (``enable_thinking``, ...) become template variables. ``tools``
+        (OpenAI-style tool dicts) go to a template that renders tools; for one that does not,
+        tools, assistant ``tool_calls`` and ``tool`` messages are written in the Hermes format
+        (``loader/tool_prompt.py``).
+
+        Special-token text inside message content (a user writing ``<|im_start|>system``) is
+        encoded as plain text, so no message can forge the template's turn markers;
+        ``parse_special_tokens_in_content=True`` restores the old behaviour (such text becomes
+        the special token, as transformers does).
         """
         template = chat_template or self.chat_template
         if not template:
@@ -133,23 +148,79 @@ class Tokenizer:
                 "this model has no chat template; pass chat_template=... or use a plain "
                 "completion prompt instead of chat messages"
             )
+        uses_tools = bool(tools) or any(
+            m.get("role") == "tool" or m.get("tool_calls") for m in messages
+        )
+        if uses_tools and not template_supports_tools(template):
+            messages = hermes_messages(messages, tools)
+        elif tools:
+            kwargs["tools"] = tools
         special = {
             "bos_token": self.bos_token or "",
             "eos_token": self.eos_token or "",
             "pad_token": self.pad_token,
             "unk_token": self.unk_token,
         }
-        text = render_chat_template(
-            template,
-            messages,
-            add_generation_prompt=add_generation_prompt,
-            special_tokens=special,
-            **kwargs,
-        )
-        return self.encode(text, add_special_tokens=False) if tokenize else text
+        render_args = dict(add_generation_prompt=add_generation_prompt, special_tokens=special)
+        if not tokenize or parse_special_tokens_in_content or not self._has_special_text(messages):
+            text = render_chat_template(template, messages, **render_args, **kwargs)
+            return self.encode(text, add_special_tokens=False) if tokenize else text
+        marked = [_mark_content(m) for m in messages]
+        text = render_chat_template(template, marked, **render_args, **kwargs)
+        return self._encode_marked(text)
+
+    def _special_texts(self) -> list[str]:
+        decoder = self.backend.get_added_tokens_decoder()
+        return [tok.content for tok in decoder.values() if tok.special and tok.content]
+
+    def _has_special_text(self, messages: list[dict[str, Any]]) -> bool:
+        texts = self._special_texts()
+        for message in messages:
+            content = message.get("content")
+            if isinstance(content, str) and any(t in content for t in texts):
+                return True
+        return False
+
+    def _encode_marked(self, text: str) -> list[int]:
+        """Encode a prompt whose message contents are wrapped in _OPEN/_CLOSE: the template's
+        text with special tokens matched, each content with them as plain text."""
+        if self._plain_backend is None:
+            plain = BackendTokenizer.from_str(self.backend.to_str())
+            plain.encode_special_tokens = True
+            self._plain_backend = plain
+        ids: list[int] = []
+        rest = text
+        while rest:
+            head, opened, tail = rest.partition(_OPEN)
+            if _CLOSE in head:
+                raise ValueError(_TEMPLATE_MOVED_CONTENT)
+            if head:
+                ids += self.backend.encode(head, add_special_tokens=False).ids
+            if not opened:
+                break
+            content, closed, rest = tail.partition(_CLOSE)
+            if not closed or _OPEN in content:
+                raise ValueError(_TEMPLATE_MOVED_CONTENT)
+            if content:
+                ids += self._plain_backend.encode(content, add_special_tokens=False).ids
+        return ids
 
     def __repr__(self) -> str:
         return (
             f"Tokenizer(vocab_size={self.vocab_size}, bos={self.bos_token_id}, "
             f"eos={sorted(self.eos_token_ids)}, chat_template={self.chat_template is not None})"
         )
+
+
+_TEMPLATE_MOVED_CONTENT = (
+    "message content holds special-token text and this chat template reshapes the content, so "
+    "it cannot be encoded safely as plain text: remove the special-token text"
+)
+
+
+def _mark_content(message: dict[str, Any]) -> dict[str, Any]:
+    content = message.get("content")
+    if not isinstance(content, str):
+        return message
+    clean = content.replace(_OPEN, "").replace(_CLOSE, "")
+    return {**message, "content": _OPEN + clean + _CLOSE}

@@ -16,11 +16,13 @@ from pagedllm.attention.metadata import ForwardContext, build_metadata, set_forw
 from pagedllm.config import EngineConfig
 from pagedllm.core.request import Request
 from pagedllm.core.scheduler import SchedulerOutput
+from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.outputs import Logprobs
 from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.structured.manager import StructuredOutputManager
 from pagedllm.transfer import to_device
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec, kv_cache_layout
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
@@ -79,6 +81,8 @@ class ModelRunner:
         self.cache: CacheEngine | None = None
         self.graphs: CudaGraphRunner | None = None
         self._generators: dict[str, torch.Generator] = {}
+        # grammar matchers of constrained sequences (the engine validates through it too)
+        self.structured = StructuredOutputManager(source.tokenizer, self.vocab_size)
 
     # ----------------------------------------------------------------- set-up
     def _weights(self, source: ModelSource):  # noqa: ANN202 - an iterator of (name, tensor)
@@ -175,6 +179,7 @@ class ModelRunner:
         with set_forward_context(ForwardContext(meta, self.cache.kv_caches, self.backend)):
             hidden = self.model(ids, pos)
         logits = self.model.compute_logits(hidden[-2:])
+        self.backend.warm_up(self.cache.kv_caches[0], self.model.num_heads, hidden.dtype)
         # and the sampler's kernels (fused temperature sampling plus greedy rows)
         params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
         batch = SamplingBatch.build(params, [[]] * 2, [[]] * 2, [None] * 2, self.device,
@@ -291,10 +296,15 @@ class ModelRunner:
             params=[r.sampling_params for r in row_requests],
             output_token_ids=[r.output_token_ids for r in row_requests],
             prompt_token_ids=[r.prompt_token_ids for r in row_requests],
-            generators=[self._generator(r) for r in row_requests],
+            generators=[self._request_generator(r) for r in row_requests],
             banned_token_ids=[_banned_tokens(r) for r in row_requests],
             device=self.device,
             vocab_size=self.vocab_size,
+            grammar_bitmask=self.structured.bitmask(
+                [r.request_id for r in row_requests],
+                [r.sampling_params.structured_output for r in row_requests],
+                [r.output_token_ids for r in row_requests],
+            ),
         )
 
     def _sample(
@@ -357,6 +367,13 @@ class ModelRunner:
             )
             result.prompt_logprobs[request.request_id] = compute_prompt_logprobs(logits, targets, k)
 
+    def _request_generator(self, request: Request) -> torch.Generator | None:
+        """``_generator``, its failure blamed on this request alone (the engine fails only it)."""
+        try:
+            return self._generator(request)
+        except Exception as exc:  # noqa: BLE001 - re-raised with the request it belongs to
+            raise RequestFailure([request.request_id], exc) from exc
+
     def _generator(self, request: Request) -> torch.Generator | None:
         seed = request.sampling_params.seed
         if seed is None:
@@ -373,6 +390,7 @@ class ModelRunner:
         """Forget per-request state (seeded generators) of finished requests."""
         for request_id in request_ids:
             self._generators.pop(request_id, None)
+        self.structured.release(request_ids)
 
 
 def _banned_tokens(request: Request) -> list[int]:

@@ -1,11 +1,14 @@
-"""OpenAI-shaped errors, exception handlers, API-key check and the request body size limit.
+"""OpenAI-shaped errors, exception handlers, API-key check, request body size and time limits.
 
 Every error body is ``{"error": {"message", "type", "param", "code"}}``. Validation errors that
-FastAPI would answer with 422 are answered with 400, as OpenAI does.
+FastAPI would answer with 422 are answered with 400, as OpenAI does. Error bodies are written
+with ASCII escapes, so text the client sent (a lone surrogate in ``model``) can never make the
+error itself fail to encode.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -24,23 +27,39 @@ _TYPES = {
     401: "authentication_error",
     404: "not_found_error",
     405: "invalid_request_error",
+    408: "timeout_error",
     413: "invalid_request_error",
+    429: "rate_limit_error",
     500: "internal_server_error",
     503: "service_unavailable",
+    504: "timeout_error",
 }
+
+
+class SafeJSONResponse(JSONResponse):
+    """A JSONResponse that escapes non-ASCII (and so survives lone surrogates)."""
+
+    def render(self, content: Any) -> bytes:
+        return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 class APIError(Exception):
     """An error to answer with ``status`` and an OpenAI-shaped body."""
 
     def __init__(
-        self, status: int, message: str, param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.param = param
         self.code = code
+        self.headers = headers
 
 
 def error_body(status: int, message: str, param: str | None = None, code: Any = None) -> dict:
@@ -54,8 +73,15 @@ def error_body(status: int, message: str, param: str | None = None, code: Any = 
     }
 
 
-def error_response(status: int, message: str, param: str | None = None, code: Any = None):
-    return JSONResponse(error_body(status, message, param, code), status_code=status)
+def error_response(
+    status: int,
+    message: str,
+    param: str | None = None,
+    code: Any = None,
+    headers: dict[str, str] | None = None,
+) -> SafeJSONResponse:
+    body = error_body(status, message, param, code)
+    return SafeJSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -76,7 +102,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError):
-        return error_response(exc.status, exc.message, exc.param, exc.code)
+        return error_response(exc.status, exc.message, exc.param, exc.code, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError):
@@ -106,11 +132,13 @@ class GuardMiddleware:
         api_key: str | None,
         max_body_bytes: int,
         protected_prefixes: tuple[str, ...] = ("/v1", "/tokenize", "/detokenize"),
+        body_timeout: float | None = None,
     ) -> None:
         self.app = app
         self.api_key = api_key
         self.max_body_bytes = max_body_bytes
         self.protected = protected_prefixes
+        self.body_timeout = body_timeout
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,14 +171,29 @@ class GuardMiddleware:
         return error_body(413, f"request body too large (limit {self.max_body_bytes} bytes)")
 
     def _limited(self, receive: Receive, send: Send) -> Receive:
-        """Count streamed (chunked) bodies too: a missing Content-Length is no way around it."""
+        """Count streamed (chunked) bodies too: a missing Content-Length is no way around it.
+
+        While the body is incomplete, each read must arrive within ``body_timeout`` seconds
+        (408): a client that stops sending mid-body must not hold a handler forever.
+        """
         seen = 0
         limit = self.max_body_bytes
+        timeout = self.body_timeout
+        body_done = False
 
         async def wrapped() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, body_done
+            if body_done or timeout is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), timeout)
+                except asyncio.TimeoutError:
+                    raise HTTPException(
+                        408, f"the request body did not arrive within {timeout:g} s"
+                    ) from None
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 seen += len(message.get("body", b""))
                 if seen > limit:
                     # FastAPI turns other exceptions raised while reading the body into 400.

@@ -11,16 +11,23 @@ import contextlib
 import logging
 import os
 import signal
-import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+from pagedllm.entrypoints.openai.dashboard import install_dashboard
 from pagedllm.entrypoints.openai.errors import APIError, GuardMiddleware, install_error_handlers
+from pagedllm.entrypoints.openai.http_protocol import (
+    DEFAULT_HEADER_TIMEOUT,
+    make_server_socket,
+    protocol_class,
+)
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,14 +38,21 @@ from pagedllm.entrypoints.openai.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from pagedllm.entrypoints.openai.serving_base import ServerState
+from pagedllm.entrypoints.openai.serving_base import ServerState, check_text
 from pagedllm.entrypoints.openai.serving_chat import create_chat_completion, render_chat
 from pagedllm.entrypoints.openai.serving_completion import create_completion
+from pagedllm.entrypoints.startup import log_startup_summary
+from pagedllm.entrypoints.stats_logger import add_logging_args, attach_loggers
 from pagedllm.metrics import CONTENT_TYPE, ServerMetrics
 
 logger = logging.getLogger("pagedllm.server")
 
 DEFAULT_MAX_BODY_BYTES = 4 * 2**20
+DEFAULT_MAX_WAITING_REQUESTS = 256
+DEFAULT_BODY_TIMEOUT = 30.0
+# Extra seconds uvicorn waits after our own shutdown grace period, for handlers to write the
+# error that ends each remaining request.
+_SHUTDOWN_MARGIN_S = 5
 
 
 def build_app(
@@ -47,12 +61,27 @@ def build_app(
     served_model_names: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     drain_timeout: float = 30.0,
+    tool_call_parser: str | None = None,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+    parse_special_tokens_in_chat: bool = False,
 ) -> FastAPI:
-    """The ASGI app over a (not yet started) async engine; the engine thread starts with it."""
+    """The ASGI app over a (not yet started) async engine; the engine thread starts with it.
+
+    ``tool_call_parser`` (``"hermes"``) turns on ``tool_choice="auto"``."""
+    if tool_call_parser is not None:
+        from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
+
+        get_tool_parser(tool_call_parser)  # ValueError for an unknown name
     names = served_model_names or [async_engine.model_name]
     if async_engine.metrics is None:
         async_engine.metrics = ServerMetrics(names[0])
-    state = ServerState(engine=async_engine, served_model_names=names, metrics=async_engine.metrics)
+    state = ServerState(
+        engine=async_engine,
+        served_model_names=names,
+        metrics=async_engine.metrics,
+        tool_call_parser=tool_call_parser,
+        parse_special_tokens_in_chat=parse_special_tokens_in_chat,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -65,8 +94,24 @@ def build_app(
     app.state.pagedllm = state
     install_error_handlers(app)
     _add_routes(app, state)
-    app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
+    install_dashboard(app, async_engine, api_key)
+    app.add_middleware(
+        GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes, body_timeout=body_timeout
+    )
     return app
+
+
+def uvicorn_config(
+    app: FastAPI, shutdown_timeout: float, header_timeout: float, **kw: Any
+) -> uvicorn.Config:
+    """uvicorn's Config with our protocol (TCP_NODELAY, header timeout) and a graceful-shutdown
+    period that ends after the engine's own (so every request gets its answer first)."""
+    return uvicorn.Config(
+        app,
+        http=protocol_class(header_timeout),
+        timeout_graceful_shutdown=int(shutdown_timeout) + _SHUTDOWN_MARGIN_S,
+        **kw,
+    )
 
 
 def _add_routes(app: FastAPI, state: ServerState) -> None:
@@ -98,9 +143,15 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "give exactly one of prompt or messages", param="prompt")
         if body.messages is not None:
-            ids = render_chat(state, body.messages, body.add_generation_prompt)
+            check_text(state, "".join(m.text() for m in body.messages), "messages")
+            ids = await state.run_blocking(
+                render_chat, state, body.messages, body.add_generation_prompt
+            )
         else:
-            ids = state.tokenizer.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+            check_text(state, body.prompt, "prompt")
+            ids = await state.run_blocking(
+                state.tokenizer.encode, body.prompt, body.add_special_tokens
+            )
         resp = TokenizeResponse(
             tokens=ids, count=len(ids), max_model_len=state.engine.max_model_len
         )
@@ -128,7 +179,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 # ------------------------------------------------------------------------- CLI
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``pagedllm serve [MODEL]``: server options plus the engine options."""
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument(
         "--api-key",
@@ -145,23 +196,64 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "--shutdown-timeout",
         type=float,
         default=30.0,
-        help="seconds in-flight requests get to finish on SIGTERM",
+        help="seconds in-flight requests get to finish on SIGTERM; then each gets an error "
+        "(streams: an error event and [DONE])",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--max-waiting-requests",
+        type=int,
+        default=DEFAULT_MAX_WAITING_REQUESTS,
+        help="requests accepted but not yet started beyond which new ones get 429 with "
+        "Retry-After (default %(default)s; 0: no limit)",
     )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        help="seconds after which an unfinished request is aborted and its KV freed "
+        "(504 / an error event; default: none)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=float,
+        default=DEFAULT_HEADER_TIMEOUT,
+        help="seconds a connection gets to send a request's headers (default %(default)s)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        help="seconds each read of a request body may take (408; default %(default)s)",
+    )
+    parser.add_argument(
+        "--parse-special-tokens-in-chat",
+        action="store_true",
+        help="encode special-token text in chat messages as the special tokens (unsafe: a user "
+        "can forge turns); by default it is plain text",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level",
+    )
+    add_logging_args(parser)
     parser.add_argument(
         "--served-model-name",
         default=None,
         help="the model name the API reports and accepts (default: the file's)",
+    )
+    parser.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=["hermes"],
+        help='parse <tool_call> blocks into tool_calls; needed for tool_choice "auto"',
     )
     add_engine_args(parser)
 
 
 def run_server(args: argparse.Namespace) -> int:
     """Load the model, serve until SIGTERM/SIGINT, drain, and return the exit code (0)."""
-    import uvicorn
-
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -171,7 +263,13 @@ def run_server(args: argparse.Namespace) -> int:
         logger.error("invalid engine options: %s", exc)
         return 2
     api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
-    async_engine = AsyncLLMEngine.from_config(config)
+    start = time.perf_counter()
+    async_engine = AsyncLLMEngine.from_config(
+        config,
+        max_waiting_requests=args.max_waiting_requests or None,
+        request_timeout=args.request_timeout,
+    )
+    attach_loggers(async_engine, args)
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(
         async_engine,
@@ -179,27 +277,44 @@ def run_server(args: argparse.Namespace) -> int:
         served_model_names=names,
         max_body_bytes=args.max_request_body,
         drain_timeout=args.shutdown_timeout,
+        tool_call_parser=args.tool_call_parser,
+        body_timeout=args.body_timeout,
+        parse_special_tokens_in_chat=args.parse_special_tokens_in_chat,
     )
-    sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((args.host, args.port))
+    sock = make_server_socket(args.host, args.port)
     host, port = sock.getsockname()[:2]
-    uv_config = uvicorn.Config(
+    uv_config = uvicorn_config(
         app,
+        args.shutdown_timeout,
+        args.header_timeout,
         log_level=args.log_level,
-        timeout_graceful_shutdown=max(1, int(args.shutdown_timeout)),
         access_log=args.log_level == "debug",
     )
-    server = uvicorn.Server(uv_config)
+    server = _DrainingServer(uv_config, async_engine, args.shutdown_timeout)
     # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
     # default handler would kill us with -15; a graceful drain is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda *_: None)
+    log_startup_summary(async_engine.engine, time.perf_counter() - start)
     print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}", flush=True)
+    print(f"pagedllm: live KV page dashboard at http://{host}:{port}/dashboard", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         async_engine.shutdown()
     return 0
+
+
+class _DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: stop accepting and start the engine's grace period at once."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncLLMEngine, grace: float) -> None:
+        super().__init__(config)
+        self._engine = engine
+        self._grace = grace
+
+    def handle_exit(self, sig: int, frame: Any) -> None:  # noqa: ANN401 - a signal frame
+        super().handle_exit(sig, frame)
+        self._engine.begin_shutdown(self._grace)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,14 +1,18 @@
 """What the completion and chat handlers share: model check, request submission, SSE, logprobs.
 
 Handlers never touch the engine directly: they go through ``AsyncLLMEngine``, which raises the
-engine's ValueError/TypeError before anything streams, so bad input is a clean 400.
+engine's ValueError/TypeError before anything streams, so bad input is a clean 400. Tokenizing
+and chat-template rendering run in a small thread pool (``ServerState.run_blocking``), never on
+the event loop, and only after a size check on the text itself: a huge prompt is a quick 400
+instead of seconds of tokenization that would stall every other request and ``/health``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -18,12 +22,14 @@ from pydantic import BaseModel
 from pagedllm.engine.async_engine import (
     AsyncLLMEngine,
     EngineDeadError,
+    EngineOverloadedError,
     EngineStepError,
     RequestStream,
+    RequestTimeoutError,
 )
 from pagedllm.engine.outputs import RequestOutput
+from pagedllm.engine.validation import check_text_size
 from pagedllm.entrypoints.openai.errors import APIError, error_body
-from pagedllm.entrypoints.openai.protocol import PromptTokensDetails
 from pagedllm.metrics import ServerMetrics
 from pagedllm.sampling_params import SamplingParams
 
@@ -37,7 +43,22 @@ class ServerState:
     engine: AsyncLLMEngine
     served_model_names: list[str]
     metrics: ServerMetrics
+    tool_call_parser: str | None = None  # --tool-call-parser: enables tool_choice "auto"
+    # chat content containing special-token text is encoded as plain text unless this is set
+    parse_special_tokens_in_chat: bool = False
     _token_strings: dict[int, str] = field(default_factory=dict)
+    _pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(2, thread_name_prefix="pagedllm-tokenize")
+    )
+
+    async def run_blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU-bound work (tokenization, templates) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def encode_prompt(self, text: str, param: str = "prompt") -> list[int]:
+        """Token ids of a completion prompt: size-checked first, then tokenized in the pool."""
+        check_text(self, text, param)
+        return await self.run_blocking(_encode, self.tokenizer, text)
 
     @property
     def model_name(self) -> str:
@@ -51,6 +72,8 @@ class ServerState:
         """The served name to report; 404 for a model this server does not serve."""
         if model is None or model in self.served_model_names:
             return model or self.model_name
+        if not _is_utf8(model):
+            raise APIError(400, "model is not valid UTF-8 text", param="model")
         raise APIError(
             404,
             f"The model `{model}` does not exist. Available: {self.served_model_names}",
@@ -68,6 +91,28 @@ class ServerState:
         return text
 
 
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800" in the JSON)
+        return False
+    return True
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    if not _is_utf8(text):
+        raise ValueError("the prompt is not valid UTF-8 text (a lone surrogate?)")
+    return list(tokenizer.encode(text, add_special_tokens=True))
+
+
+def check_text(state: ServerState, text: str, param: str) -> None:
+    """400 when ``text`` holds certainly more tokens than the context (no tokenizing)."""
+    try:
+        check_text_size(text, state.tokenizer, state.engine.max_model_len)
+    except ValueError as exc:
+        raise APIError(400, str(exc), param=param) from exc
+
+
 def build_params(request: Any, max_tokens: int | None) -> SamplingParams:
     """``request.to_sampling_params`` with its ValueError/TypeError turned into a 400."""
     try:
@@ -76,27 +121,52 @@ def build_params(request: Any, max_tokens: int | None) -> SamplingParams:
         raise APIError(400, str(exc)) from exc
 
 
+def admit(state: ServerState, count: int) -> None:
+    """429 (with Retry-After) when the waiting queue is full; 503 while shutting down."""
+    try:
+        state.engine.check_admission(count)
+    except EngineOverloadedError as exc:
+        headers = {"Retry-After": str(exc.retry_after)}
+        raise APIError(429, str(exc), code="rate_limit_exceeded", headers=headers) from exc
+    except EngineDeadError as exc:
+        raise APIError(503, str(exc)) from exc
+
+
 async def submit(
     state: ServerState,
     prompts: Sequence[tuple[str | None, list[int] | None]],
     params: SamplingParams,
     request_id: str,
 ) -> list[RequestStream]:
-    """Queue one engine request per prompt; on any rejection abort the ones queued (400)."""
-    streams: list[RequestStream] = []
+    """Queue one engine request per prompt, all at once (they land between the same two
+    steps); on any rejection abort the ones queued (400)."""
+    admit(state, len(prompts))
+    rids = [request_id if len(prompts) == 1 else f"{request_id}-{i}" for i in range(len(prompts))]
+    adds = [
+        asyncio.ensure_future(state.engine.add_request(rid, text, params, ids))
+        for rid, (text, ids) in zip(rids, prompts, strict=True)
+    ]
     try:
-        for i, (text, ids) in enumerate(prompts):
-            rid = request_id if len(prompts) == 1 else f"{request_id}-{i}"
-            streams.append(await state.engine.add_request(rid, text, params, ids))
-    except (ValueError, TypeError) as exc:
-        close_all(streams)
-        raise APIError(400, str(exc), param="prompt") from exc
-    except EngineDeadError as exc:
-        close_all(streams)
-        raise APIError(503, str(exc)) from exc
+        await asyncio.wait(adds)
     except BaseException:
-        close_all(streams)
+        for add in adds:
+            add.cancel()
+        close_all(
+            [a.result() for a in adds if a.done() and not a.cancelled() and not a.exception()]
+        )
         raise
+    streams = [a.result() for a in adds if a.exception() is None]
+    errors = [a.exception() for a in adds if a.exception() is not None]
+    if errors:
+        close_all(streams)
+        exc = errors[0]
+        if isinstance(exc, (ValueError, TypeError)):
+            # ContextLengthError carries code "context_length_exceeded" (OpenAI's)
+            code = getattr(exc, "code", None)
+            raise APIError(400, str(exc), param="prompt", code=code) from exc
+        if isinstance(exc, EngineDeadError):
+            raise APIError(503, str(exc)) from exc
+        raise exc
     return streams
 
 
@@ -125,6 +195,8 @@ async def all_final(streams: Sequence[RequestStream]) -> list[RequestOutput]:
         raise APIError(500, str(exc)) from exc
     except EngineDeadError as exc:
         raise APIError(503, str(exc)) from exc
+    except RequestTimeoutError as exc:
+        raise APIError(504, str(exc), code="request_timeout") from exc
     finally:
         close_all(streams)
 
@@ -172,7 +244,12 @@ def sse(payload: BaseModel | dict) -> str:
 
 
 def sse_error(exc: BaseException) -> str:
-    status = 503 if isinstance(exc, EngineDeadError) else 500
+    if isinstance(exc, EngineDeadError):
+        status = 503
+    elif isinstance(exc, RequestTimeoutError):
+        status = 504
+    else:
+        status = 500
     return sse(error_body(status, str(exc)))
 
 
@@ -205,12 +282,6 @@ async def unless_disconnected(request: Request, work: Awaitable[T]) -> T:
 def top_logprobs(lp: dict[int, float], k: int) -> list[tuple[int, float]]:
     """The ``k`` most likely (token id, logprob) pairs of one position, best first."""
     return sorted(lp.items(), key=lambda kv: kv[1], reverse=True)[:k]
-
-
-def cached_details(outputs: Sequence[RequestOutput]) -> PromptTokensDetails:
-    """``usage.prompt_tokens_details``: prompt tokens found in any prefix-cache tier (the one
-    source is ``RequestOutput.num_cached_tokens``)."""
-    return PromptTokensDetails(cached_tokens=sum(o.num_cached_tokens for o in outputs))
 
 
 def usage_counts(outputs: Sequence[RequestOutput]) -> tuple[int, int]:

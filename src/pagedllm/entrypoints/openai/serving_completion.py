@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -15,14 +16,13 @@ from pagedllm.entrypoints.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    UsageInfo,
     random_id,
 )
 from pagedllm.entrypoints.openai.serving_base import (
     ServerState,
+    admit,
     all_final,
     build_params,
-    cached_details,
     merge_streams,
     sse,
     sse_error,
@@ -31,6 +31,7 @@ from pagedllm.entrypoints.openai.serving_base import (
     unless_disconnected,
     usage_counts,
 )
+from pagedllm.entrypoints.openai.serving_chat import refuse_unsupported, usage_info
 
 
 def normalize_prompts(prompt: object) -> list[tuple[str | None, list[int] | None]]:
@@ -85,20 +86,35 @@ async def create_completion(
     body: CompletionRequest, state: ServerState, raw: Request
 ) -> JSONResponse | StreamingResponse:
     model = state.check_model(body.model)
+    refuse_unsupported(body)
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
         raise APIError(400, "best_of other than n is not supported", param="best_of")
     prompts = normalize_prompts(body.prompt)
     params = build_params(body, body.max_tokens)
+    admit(state, len(prompts))  # bad input is a 400 first; then a cheap 429 before tokenizing
     request_id = random_id("cmpl")
-    streams = await submit(state, prompts, params, request_id)
+
+    async def tokenize_and_submit() -> list[RequestStream]:
+        ids = await asyncio.gather(
+            *(state.encode_prompt(t) if i is None else _same(i) for t, i in prompts)
+        )
+        tokenized = [(t, i) for (t, _), i in zip(prompts, ids, strict=True)]
+        return await submit(state, tokenized, params, request_id)
+
+    # a client that leaves while its prompts are tokenized or queued aborts them
+    streams = await unless_disconnected(raw, tokenize_and_submit())
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         generator = _stream(body, state, streams, request_id, model, include_usage)
         return StreamingResponse(generator, media_type="text/event-stream")
     outputs = await unless_disconnected(raw, all_final(streams))
     return JSONResponse(_response(body, state, outputs, request_id, model).model_dump())
+
+
+async def _same(ids: list[int]) -> list[int]:
+    return ids
 
 
 def _prompt_text(state: ServerState, out: RequestOutput) -> str:
@@ -135,12 +151,7 @@ def _response(
                 )
             )
     prompt_tokens, completion_tokens = usage_counts(outputs)
-    usage = UsageInfo(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-        prompt_tokens_details=cached_details(outputs),
-    )
+    usage = usage_info(prompt_tokens, completion_tokens, outputs)
     return CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
 
 
@@ -163,10 +174,10 @@ async def _stream(
     builders: dict[int, CompletionLogprobBuilder] = {}
     prompt_tokens = completion_tokens = 0
     echoed: set[int] = set()
-    last: dict[int, RequestOutput] = {}  # per prompt: its latest output
+    latest: dict[int, RequestOutput] = {}
     try:
         async for p, out in merge_streams(streams):
-            last[p] = out
+            latest[p] = out
             if p not in echoed:
                 echoed.add(p)
                 prompt_tokens += len(out.prompt_token_ids)
@@ -193,12 +204,7 @@ async def _stream(
                 )
                 yield sse(CompletionResponse(id=request_id, model=model, choices=[choice]))
         if include_usage:
-            usage = UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-                prompt_tokens_details=cached_details(list(last.values())),
-            )
+            usage = usage_info(prompt_tokens, completion_tokens, list(latest.values()))
             yield sse(CompletionResponse(id=request_id, model=model, choices=[], usage=usage))
     except Exception as exc:  # noqa: BLE001 - reported in-stream: the headers are already sent
         yield sse_error(exc)
