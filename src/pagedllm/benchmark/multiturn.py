@@ -59,7 +59,10 @@ def run_multiturn(engine: LLMEngine, spec: MultiTurnSpec, label: str) -> dict:
         for _ in range(spec.num_conversations)
     ]
     params = SamplingParams(temperature=0.0, max_tokens=spec.answer_len, ignore_eos=True)
-    _generate(engine, {"warmup": ids(16)}, params)  # compile / allocate outside the timing
+    # warm-up outside the timing (kernel compilation, allocator, first-touch pages): a turn of
+    # the workload's size on ids no conversation shares
+    warm = [rng.randrange(100, spec.vocab) for _ in range(spec.system_len + spec.question_len)]
+    _generate(engine, {f"warmup-{i}": [i + 1, *warm] for i in range(spec.concurrency)}, params)
     ttft_all, ttft_later = [], []
     prompt_tokens = cached_tokens = output_tokens = 0
     outputs: dict[str, list[int]] = {}
