@@ -137,8 +137,8 @@ CONFIG = st.fixed_dictionaries(
     {
         "block_size": st.sampled_from([1, 2, 4]),
         "num_blocks": st.integers(8, 16),
-        "num_cpu_blocks": st.sampled_from([0, 3, 6, 24]),
-        "num_disk_blocks": st.sampled_from([0, 8, 40]),
+        "num_cpu_blocks": st.sampled_from([3, 6, 24]),
+        "num_disk_blocks": st.sampled_from([0, 40]),
         "mode": st.sampled_from([PreemptionMode.SWAP, PreemptionMode.RECOMPUTE]),
         "max_num_batched_tokens": st.integers(8, 40),
         "async_scheduling": st.booleans(),
@@ -222,3 +222,23 @@ def test_the_random_traffic_reached_every_path():
     """Runs after the property test (file order): its traffic hit the host tier and failed
     steps, so its invariants were checked where it matters."""
     assert STATS["host_hits"] > 0 and STATS["failed_steps"] > 0, STATS
+    assert STATS["disk_hits"] > 0, STATS
+
+
+def test_swap_evicts_cached_host_pages_and_outputs_stay_right():
+    sched = make_scheduler(
+        num_blocks=10, mode=PreemptionMode.SWAP, num_cpu_blocks=16, host_tier=True
+    )
+    runner = FakeRunner(BS)
+    for i in range(8):  # each conversation evicts the previous one to the host tier
+        _turn(sched, runner, f"w{i}", _conversation(i, 16))
+    host = sched.kv_manager.host
+    cached_before = host.num_cached
+    assert cached_before == host.num_pages, "the host tier is full"
+    for i in range(4):  # then requests that outgrow the pool are swapped out and back
+        prompt = [i + 1] * 4 + list(range(20 + i, 30 + i))
+        sched.add_request(make_request(f"r{i}", prompt, max_tokens=12))
+    run(sched, runner)
+    assert sched.num_swap_outs > 0
+    assert host.num_cached < cached_before, "swap took pages from the host tier"
+    _check_idle(sched, runner)
