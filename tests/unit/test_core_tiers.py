@@ -242,3 +242,23 @@ def test_swap_evicts_cached_host_pages_and_outputs_stay_right():
     assert sched.num_swap_outs > 0
     assert host.num_cached < cached_before, "swap took pages from the host tier"
     _check_idle(sched, runner)
+
+
+def test_a_failed_disk_read_forgets_the_entry():
+    sched = make_scheduler(num_blocks=18, num_cpu_blocks=8, host_tier=True, num_disk_blocks=200)
+    runner = FakeRunner(BS)
+    first = _turn(sched, runner, "a0", _conversation(0))
+    for i in range(1, 6):
+        _turn(sched, runner, f"b{i}", _conversation(i, 40))
+    disk = sched.kv_manager.tiers.disk
+    before = len(disk)
+    sched.add_request(make_request("a1", first.all_token_ids + [401], max_tokens=2))
+    out = sched.schedule()
+    assert out.disk_reads, "the conversation comes back from disk"
+    sched.discard_failed_step(out)  # e.g. a file corrupted since start-up
+    sched.finish_requests(["a1"], RequestStatus.FINISHED_ABORTED)
+    assert len(disk) == before - len(out.disk_reads), "entries that failed are never served"
+    nxt = sched.schedule()
+    assert {name for name, _ in out.disk_reads} <= set(nxt.disk_deletes)
+    runner.execute(nxt, sched)
+    _check_idle(sched, runner)
