@@ -132,6 +132,23 @@ class KVTiers:
         """True when evicted device blocks are kept in a lower tier."""
         return self.host.enable_cache and self.host.num_pages > 0
 
+    def counters(self, bytes_per_block: int) -> dict[str, int]:
+        """Hits per tier, bytes moved per direction and occupancy (``EngineStats``' fields)."""
+        stats, disk = self.stats, self.disk
+        return {
+            "host_tier_hit_blocks": stats.host_hit_blocks,
+            "disk_tier_hit_blocks": stats.disk_hit_blocks,
+            "tier_bytes_to_host": stats.offloaded_blocks * bytes_per_block,
+            "tier_bytes_to_device": stats.loaded_blocks * bytes_per_block,
+            "disk_bytes_written": stats.disk_written_blocks * bytes_per_block,
+            "disk_bytes_read": stats.disk_read_blocks * bytes_per_block,
+            "host_tier_blocks": self.host.num_cached,
+            "host_swap_blocks": self.host.num_swap,
+            "host_blocks_total": self.host.num_pages,
+            "disk_tier_blocks": 0 if disk is None else len(disk),
+            "disk_tier_blocks_total": 0 if disk is None else disk.capacity,
+        }
+
     # ------------------------------------------------------------- digests
     def digest(self, block_hash: BlockHash) -> str:
         """A stable (cross-process) digest of the block's whole token prefix and extra keys.

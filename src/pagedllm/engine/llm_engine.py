@@ -508,25 +508,5 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
-            **_tier_stats(kv, self.runner.kv_spec.bytes_per_block),
+            **kv.tiers.counters(self.runner.kv_spec.bytes_per_block),
         )
-
-
-def _tier_stats(kv, bytes_per_block: int) -> dict[str, int]:  # noqa: ANN001
-    """EngineStats' tier fields from the KV manager's counters."""
-    tiers = kv.tiers
-    stats = tiers.stats
-    disk = tiers.disk
-    return {
-        "host_tier_hit_blocks": stats.host_hit_blocks,
-        "disk_tier_hit_blocks": stats.disk_hit_blocks,
-        "tier_bytes_to_host": stats.offloaded_blocks * bytes_per_block,
-        "tier_bytes_to_device": stats.loaded_blocks * bytes_per_block,
-        "disk_bytes_written": stats.disk_written_blocks * bytes_per_block,
-        "disk_bytes_read": stats.disk_read_blocks * bytes_per_block,
-        "host_tier_blocks": kv.host.num_cached,
-        "host_swap_blocks": kv.host.num_swap,
-        "host_blocks_total": kv.host.num_pages,
-        "disk_tier_blocks": 0 if disk is None else len(disk),
-        "disk_tier_blocks_total": 0 if disk is None else disk.capacity,
-    }
