@@ -289,16 +289,11 @@ class KVTiers:
         """Index the valid entries found on disk at start-up (oldest first); returns the
         names that did not fit the bound (the caller deletes those files)."""
         if self.disk is None:
-            return [self.disk_name(g, d) for g, d in entries]
+            return []  # no disk tier (prefix caching off): leave the files alone
         dropped = []
         for group, digest in entries:
             dropped.extend(self.disk.add(group, digest)[1])
         return dropped
-
-    @staticmethod
-    def disk_name(group: int, digest: str) -> str:
-        """The entry name of a disk block."""
-        return DiskIndex.name_of(group, digest)
 
     def forget_block(self, block: KVBlock, block_hash: BlockHash, num_groups: int) -> None:
         """A registration of ``block`` is undone but the block was evicted meanwhile: drop the
