@@ -262,3 +262,16 @@ def test_a_failed_disk_read_forgets_the_entry():
     assert {name for name, _ in out.disk_reads} <= set(nxt.disk_deletes)
     runner.execute(nxt, sched)
     _check_idle(sched, runner)
+
+
+def test_tier_options_are_validated():
+    import pytest
+
+    from pagedllm.config import CacheConfig
+
+    with pytest.raises(ValueError, match="cpu_cache_memory"):
+        CacheConfig(cpu_cache_memory=-1).validate()
+    with pytest.raises(ValueError, match="kv_disk_bytes"):
+        CacheConfig(cpu_cache_memory=1 << 20, kv_disk_path="/tmp/x").validate()
+    with pytest.raises(ValueError, match="cpu_cache_memory"):
+        CacheConfig(kv_disk_path="/tmp/x", kv_disk_bytes=1 << 20).validate()
