@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
@@ -73,6 +73,8 @@ class Scheduler:
         self.preemption_costs = PreemptionCosts()
         self._step_started: float | None = None
         self._finished_ids: list[str] = []
+        # samples 1..n-1 of an n > 1 request, until its prompt completes and they fork
+        self._unforked: dict[str, list[Request]] = {}
 
     # ---------------------------------------------------------------- queries
     @property
@@ -96,14 +98,28 @@ class Scheduler:
         return self.requests[request_id]
 
     # ---------------------------------------------------------------- intake
-    def add_request(self, request: Request) -> None:
-        """Queue a new request (FCFS). ValueError: duplicate id, or it could never fit."""
+    def add_request(self, request: Request, forks: Sequence[Request] = ()) -> None:
+        """Queue a new request (FCFS). ValueError: duplicate id, or it could never fit.
+
+        ``forks`` (samples 1..n-1 of an n > 1 request) fork off ``request`` in the step that
+        completes its prompt: that step's plan lists them in the row's ``fork_ids``, they sample
+        their first token from the row's logits, and ``update_from_output`` forks them.
+        """
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
+        width = max(request.group_width, 1 + len(forks))
+        if width > self.config.max_num_seqs:
+            raise ValueError(
+                f"request {request.request_id!r} needs {width} sequences (n or beam width) but "
+                f"max_num_seqs is {self.config.max_num_seqs}: lower n or raise max_num_seqs"
+            )
         self._check_fits(request)
+        request.group_width = width
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        if forks:
+            self._unforked[request.request_id] = list(forks)
 
     def _check_fits(self, request: Request) -> None:
         """Reject a request that no amount of waiting would let run."""
@@ -178,6 +194,13 @@ class Scheduler:
                 self.waiting.remove(request)
             self._finish(request, status)
 
+    def append_token(self, request_id: str, token_id: int) -> None:
+        """Append a token chosen by the engine (beam search) to a request whose tokens are all
+        computed; it is scheduled again from the next step."""
+        request = self.requests[request_id]
+        assert request.num_beam_candidates > 0, "only beams take tokens from the engine"
+        request.append_output_token(token_id)
+
     def abort_request(self, request_id: str) -> bool:
         """Abort a request in any state; returns False (and does nothing) for an unknown id."""
         if request_id not in self.requests:
@@ -190,6 +213,8 @@ class Scheduler:
         request.status = status
         request.finished_time = time.monotonic()
         self.kv_manager.free(request)
+        for child in self._unforked.pop(request.request_id, ()):
+            child.status = status  # never forked: they end with their parent
         del self.requests[request.request_id]
         self._finished_ids.append(request.request_id)
 
@@ -247,8 +272,8 @@ class Scheduler:
             if step.budget == 0 or step.seqs_left == 0:
                 break
             remaining = req.num_tokens - req.num_computed_tokens
-            if remaining == 1 or (remaining > step.budget and not chunked):
-                continue
+            if remaining <= 1 or (remaining > step.budget and not chunked):
+                continue  # a decode (planned above), or a beam waiting for its token
             n = min(remaining, step.budget)
             plan[req.request_id] = n
             step.budget -= n
@@ -323,8 +348,10 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             remaining = req.num_tokens - req.num_computed_tokens
-            if remaining > step.budget and not self.config.enable_chunked_prefill:
-                continue  # runs next step
+            if remaining == 0 or (
+                remaining > step.budget and not self.config.enable_chunked_prefill
+            ):
+                continue  # a beam waiting for its token, or it runs next step
             n = min(remaining, step.budget)
             if kv.allocate_slots(req, n):
                 self._emit(req, n, step)
@@ -334,8 +361,11 @@ class Scheduler:
     def _admit_waiting(self, step: _Step) -> None:
         """Admit waiting requests FCFS, with their prefix-cache hits, above the watermark."""
         kv = self.kv_manager
+        seqs = _SeqCount(self.running)
         while self.waiting and step.seqs_left > 0 and step.budget > 0:
             req = self.waiting[0]
+            if self.running and seqs.total_with(req) > self.config.max_num_seqs:
+                return  # its forks or beams would overrun max_num_seqs
             hits, num_hit = kv.get_computed_blocks(req)
             n = req.num_tokens - num_hit
             if n > step.budget:
@@ -351,6 +381,7 @@ class Scheduler:
                 req.num_cached_tokens = num_hit
             req.status = RequestStatus.RUNNING
             self.running.append(req)
+            seqs.add(req)
             self._emit(req, n, step)
             step.budget -= n
             step.seqs_left -= 1
@@ -367,6 +398,11 @@ class Scheduler:
             sample,
             req.sampling_params.prompt_logprobs is not None,
         )
+        step.out.requests[req.request_id] = req
+        if sample and req.request_id in self._unforked:
+            for child in self._unforked[req.request_id]:
+                scheduled.fork_ids.append(child.request_id)
+                step.out.requests[child.request_id] = child
         if n == 1 and start > 0 and sample:
             step.decodes.append(scheduled)
         else:
@@ -376,22 +412,23 @@ class Scheduler:
         return scheduled
 
     def update_from_output(
-        self, output: SchedulerOutput, sampled: dict[str, int | list[int]]
+        self, output: SchedulerOutput, tokens: Mapping[str, Sequence[int]]
     ) -> list[Request]:
         """Apply a step's results; returns the requests that got a token or finished.
 
-        Advances ``num_computed_tokens`` of every scheduled request, appends the sampled token
-        of those whose ``sample`` was True, applies ``Request.check_token_stop`` and frees
-        finished requests. Results of requests aborted since ``schedule`` are ignored; a
-        missing token for a live sampling request raises ValueError.
+        ``tokens`` maps each sampled row (fork children included) to its ``num_steps`` tokens.
+        Advances ``num_computed_tokens`` of every scheduled request, forks the row's
+        ``fork_ids`` (each with its own first token), appends the sampled tokens of rows whose
+        ``sample`` was True (a beam's token comes later, from ``append_token``), applies
+        ``Request.check_token_stop`` and frees finished requests. Results of requests aborted
+        since ``schedule`` are ignored; a missing token for a live sampling row raises
+        ValueError.
         """
         if self._step_started is not None:
             seconds, self._step_started = time.perf_counter() - self._step_started, None
             prefill = output.num_batched_tokens - output.num_decodes
             self.preemption_costs.observe_step(prefill, output.num_batched_tokens, seconds)
         changed: list[Request] = []
-        any_finished = False
-        max_len = self.config.max_model_len
         running = RequestStatus.RUNNING
         for sr in output.scheduled:
             req = self.requests.get(sr.request_id)
@@ -400,26 +437,46 @@ class Scheduler:
             req.num_computed_tokens += len(sr.token_ids)
             if not sr.sample:
                 continue
-            tokens = sampled.get(sr.request_id)
-            if tokens is None:
-                raise ValueError(f"no sampled token for request {sr.request_id!r}")
-            if isinstance(tokens, int):
-                tokens = (tokens,)
-            for j, token in enumerate(tokens):
+            if sr.fork_ids:
+                changed.extend(self._fork_children(req, _tokens_of(tokens, sr.fork_ids)))
+            if req.num_beam_candidates:
+                changed.append(req)  # its candidates go to the engine's beam search
+                continue
+            for j, token in enumerate(_tokens_of(tokens, [sr.request_id])[0]):
                 if j:  # multi-step: the previous sampled token was computed by the next step
                     req.num_computed_tokens += 1
                 req.append_output_token(token)
                 if req.first_token_time is None:
                     req.first_token_time = time.monotonic()
-                status = req.check_token_stop(max_len)
-                if status is not None:  # tokens sampled after a stop are dropped
-                    self._finish(req, status)
-                    any_finished = True
-                    break
+                if self._stop_if_done(req):
+                    break  # tokens sampled after a stop are dropped
             changed.append(req)
-        if any_finished:
-            self.running = [r for r in self.running if r.status == running]
+        self.running = [r for r in self.running if r.status == running]
         return changed
+
+    def _fork_children(self, parent: Request, first_tokens: list[Sequence[int]]) -> list[Request]:
+        """Fork a request's waiting samples, each with its first sampled token."""
+        children = self._unforked.pop(parent.request_id, [])
+        for child, sampled in zip(children, first_tokens, strict=True):
+            child.append_output_token(sampled[0])
+            child.first_token_time = time.monotonic()
+            self.fork_request(parent.request_id, child)
+            self._stop_if_done(child)
+        return children
+
+    def _stop_if_done(self, req: Request) -> bool:
+        """Finish ``req`` (not yet removed from its queue) if its last token stops it."""
+        status = req.check_token_stop(self.config.max_model_len)
+        if status is not None:
+            self._finish(req, status)
+        return status is not None
+
+
+def _tokens_of(tokens: Mapping[str, Sequence[int]], ids: list[str]) -> list[Sequence[int]]:
+    missing = [i for i in ids if i not in tokens]
+    if missing:
+        raise ValueError(f"no sampled token for request {missing[0]!r}")
+    return [tokens[i] for i in ids]
 
 
 @dataclass(slots=True)
@@ -431,3 +488,32 @@ class _Step:
     out: SchedulerOutput
     decodes: list[ScheduledRequest] = field(default_factory=list)
     prefills: list[ScheduledRequest] = field(default_factory=list)
+
+
+class _SeqCount:
+    """Sequences held by running request groups: each group (a request and its forks or
+    beams, keyed by the first request's id) counts its members or its width, whichever is more,
+    so a group's forks and beams are reserved against ``max_num_seqs`` when it is admitted."""
+
+    def __init__(self, running: Iterable[Request]) -> None:
+        self.members: dict[str, int] = {}
+        self.width: dict[str, int] = {}
+        self.total = 0
+        for req in running:
+            self.add(req)
+
+    def _cost(self, key: str) -> int:
+        return max(self.members.get(key, 0), self.width.get(key, 0))
+
+    def total_with(self, req: Request) -> int:
+        """The total if ``req`` were admitted."""
+        key = req.parent_id or req.request_id
+        before = self._cost(key)
+        after = max(self.members.get(key, 0) + 1, self.width.get(key, 0), req.group_width)
+        return self.total - before + after
+
+    def add(self, req: Request) -> None:
+        key = req.parent_id or req.request_id
+        self.total = self.total_with(req)
+        self.members[key] = self.members.get(key, 0) + 1
+        self.width[key] = max(self.width.get(key, 0), req.group_width)

@@ -12,6 +12,8 @@ import dataclasses
 
 import torch
 
+from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.transfer import to_device
 from pagedllm.worker.input_batch import ModelInputs
 
 
@@ -33,3 +35,19 @@ def advance_decode_inputs(
         seq_lens_cpu=seq_lens_cpu,
     )
     return ModelInputs(next_ids, positions, metadata, inputs.query_start)
+
+
+def inputs_from_prev(
+    plan: SchedulerOutput, inputs: ModelInputs, prev_ids: torch.Tensor | None, prev_rows: int
+) -> ModelInputs:
+    """A continuation's input tokens: row ``prev_row`` of the still-running previous step's
+    newest sampled tokens (``prev_ids``, on the device), so no host round trip is needed."""
+    if prev_ids is None:
+        raise ValueError("a continuation step needs the previous step's PendingStep")
+    rows = [s.prev_row for s in plan.scheduled]
+    if rows == list(range(prev_rows)):
+        inputs.input_ids = prev_ids
+    else:
+        index = to_device(rows, torch.long, prev_ids.device)
+        inputs.input_ids = prev_ids.index_select(0, index)
+    return inputs
