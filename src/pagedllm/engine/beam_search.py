@@ -66,6 +66,26 @@ class BeamSearchParams:
 
 
 @dataclass(slots=True)
+class BeamSearchSequence:
+    """One returned sequence (vLLM's shape): ``tokens`` are prompt + generated ids."""
+
+    tokens: list[int]
+    output_token_ids: list[int]
+    text: str
+    cum_logprob: float
+    score: float  # cum_logprob / len(output_token_ids) ** length_penalty: the ranking key
+    finish_reason: str | None
+
+
+@dataclass(slots=True)
+class BeamSearchOutput:
+    """The ``beam_width`` best sequences of one prompt, best first."""
+
+    sequences: list[BeamSearchSequence]
+    error: str | None = None
+
+
+@dataclass(slots=True)
 class Hypothesis:
     """A finished sequence: generated tokens, summed logprob, length-penalized score."""
 
