@@ -52,6 +52,7 @@ class SamplingFields(OpenAIModel):
     stop_token_ids: list[int] | None = None
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False
+    use_beam_search: bool = False  # vLLM extra: beam search of width n (best_of)
 
     def sampling_kwargs(self) -> dict[str, Any]:
         """The SamplingParams keyword arguments that the request set."""
