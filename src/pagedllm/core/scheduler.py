@@ -34,11 +34,12 @@ from pagedllm.core.multi_step import multi_step_count
 from pagedllm.core.preemption import PreemptionCosts
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagedllm.core.seq_groups import SeqCount, SequenceGroups, tokens_of
 
 __all__ = ["ScheduledRequest", "Scheduler", "SchedulerOutput"]
 
 
-class Scheduler:
+class Scheduler(SequenceGroups):
     """Decides what runs each step and owns every request's status."""
 
     def __init__(
@@ -141,40 +142,6 @@ class Scheduler:
                 "the KV cache more memory"
             )
 
-    def fork_request(
-        self, parent_id: str, child: Request, num_computed_tokens: int | None = None
-    ) -> None:
-        """Add ``child`` (a sample of an n > 1 request) sharing its parent's blocks.
-
-        The child's tokens must start with the parent's computed tokens; it starts with the
-        parent's ``num_computed_tokens``, or with ``num_computed_tokens`` when the engine forks
-        between a step's forward and ``update_from_output`` (the parent's blocks already hold
-        the KV of the step's tokens then). A parent that holds no blocks (waiting, preempted,
-        swapped) cannot share: the child is then queued like a new request.
-        """
-        parent = self.requests.get(parent_id)
-        if parent is None:
-            raise ValueError(f"cannot fork unknown or finished request {parent_id!r}")
-        if child.request_id in self.requests:
-            raise ValueError(f"request id {child.request_id!r} is already in use")
-        self._check_fits(child)
-        n = parent.num_computed_tokens if num_computed_tokens is None else num_computed_tokens
-        if parent.status != RequestStatus.RUNNING or n == 0:
-            child.num_computed_tokens = 0
-            self.add_request(child)
-            return
-        if child.all_token_ids[:n] != parent.all_token_ids[:n] or child.num_tokens <= n:
-            raise ValueError(
-                f"child {child.request_id!r} must extend the parent's {n} computed tokens"
-            )
-        self.kv_manager.fork(parent, child)
-        child.num_computed_tokens = n
-        child.status = RequestStatus.RUNNING
-        child.parent_id = child.parent_id or parent_id
-        child.first_scheduled_time = parent.first_scheduled_time
-        self.requests[child.request_id] = child
-        self.running.append(child)
-
     # ------------------------------------------------------------- finishing
     def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:
         """Finish requests wherever they are (abort, stop string); unknown ids are ignored."""
@@ -193,13 +160,6 @@ class Scheduler:
             else:
                 self.waiting.remove(request)
             self._finish(request, status)
-
-    def append_token(self, request_id: str, token_id: int) -> None:
-        """Append a token chosen by the engine (beam search) to a request whose tokens are all
-        computed; it is scheduled again from the next step."""
-        request = self.requests[request_id]
-        assert request.num_beam_candidates > 0, "only beams take tokens from the engine"
-        request.append_output_token(token_id)
 
     def abort_request(self, request_id: str) -> bool:
         """Abort a request in any state; returns False (and does nothing) for an unknown id."""
@@ -361,7 +321,7 @@ class Scheduler:
     def _admit_waiting(self, step: _Step) -> None:
         """Admit waiting requests FCFS, with their prefix-cache hits, above the watermark."""
         kv = self.kv_manager
-        seqs = _SeqCount(self.running)
+        seqs = SeqCount(self.running)
         while self.waiting and step.seqs_left > 0 and step.budget > 0:
             req = self.waiting[0]
             if self.running and seqs.total_with(req) > self.config.max_num_seqs:
@@ -438,11 +398,11 @@ class Scheduler:
             if not sr.sample:
                 continue
             if sr.fork_ids:
-                changed.extend(self._fork_children(req, _tokens_of(tokens, sr.fork_ids)))
+                changed.extend(self._fork_children(req, tokens_of(tokens, sr.fork_ids)))
             if req.num_beam_candidates:
                 changed.append(req)  # its candidates go to the engine's beam search
                 continue
-            for j, token in enumerate(_tokens_of(tokens, [sr.request_id])[0]):
+            for j, token in enumerate(tokens_of(tokens, [sr.request_id])[0]):
                 if j:  # multi-step: the previous sampled token was computed by the next step
                     req.num_computed_tokens += 1
                 req.append_output_token(token)
@@ -454,29 +414,12 @@ class Scheduler:
         self.running = [r for r in self.running if r.status == running]
         return changed
 
-    def _fork_children(self, parent: Request, first_tokens: list[Sequence[int]]) -> list[Request]:
-        """Fork a request's waiting samples, each with its first sampled token."""
-        children = self._unforked.pop(parent.request_id, [])
-        for child, sampled in zip(children, first_tokens, strict=True):
-            child.append_output_token(sampled[0])
-            child.first_token_time = time.monotonic()
-            self.fork_request(parent.request_id, child)
-            self._stop_if_done(child)
-        return children
-
     def _stop_if_done(self, req: Request) -> bool:
         """Finish ``req`` (not yet removed from its queue) if its last token stops it."""
         status = req.check_token_stop(self.config.max_model_len)
         if status is not None:
             self._finish(req, status)
         return status is not None
-
-
-def _tokens_of(tokens: Mapping[str, Sequence[int]], ids: list[str]) -> list[Sequence[int]]:
-    missing = [i for i in ids if i not in tokens]
-    if missing:
-        raise ValueError(f"no sampled token for request {missing[0]!r}")
-    return [tokens[i] for i in ids]
 
 
 @dataclass(slots=True)
@@ -488,32 +431,3 @@ class _Step:
     out: SchedulerOutput
     decodes: list[ScheduledRequest] = field(default_factory=list)
     prefills: list[ScheduledRequest] = field(default_factory=list)
-
-
-class _SeqCount:
-    """Sequences held by running request groups: each group (a request and its forks or
-    beams, keyed by the first request's id) counts its members or its width, whichever is more,
-    so a group's forks and beams are reserved against ``max_num_seqs`` when it is admitted."""
-
-    def __init__(self, running: Iterable[Request]) -> None:
-        self.members: dict[str, int] = {}
-        self.width: dict[str, int] = {}
-        self.total = 0
-        for req in running:
-            self.add(req)
-
-    def _cost(self, key: str) -> int:
-        return max(self.members.get(key, 0), self.width.get(key, 0))
-
-    def total_with(self, req: Request) -> int:
-        """The total if ``req`` were admitted."""
-        key = req.parent_id or req.request_id
-        before = self._cost(key)
-        after = max(self.members.get(key, 0) + 1, self.width.get(key, 0), req.group_width)
-        return self.total - before + after
-
-    def add(self, req: Request) -> None:
-        key = req.parent_id or req.request_id
-        self.total = self.total_with(req)
-        self.members[key] = self.members.get(key, 0) + 1
-        self.width[key] = max(self.width.get(key, 0), req.group_width)
