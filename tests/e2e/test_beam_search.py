@@ -69,7 +69,7 @@ def tiny(request, tmp_path_factory):
     hf.generation_config.eos_token_id = None
     llm = LLM(model=str(directory), dtype="float32", block_size=4, num_gpu_blocks=400)
     assert eos in llm.engine.eos_token_ids
-    return hf, llm, eos
+    return hf, llm, eos, directory
 
 
 def _prompts():
@@ -79,7 +79,7 @@ def _prompts():
 
 @pytest.mark.parametrize("use_eos", [True, False])
 def test_beams_match_transformers(tiny, use_eos):
-    hf, llm, eos = tiny
+    hf, llm, eos, _ = tiny
     prompts = _prompts()
     finished_early = 0
     for k in WIDTHS:
@@ -95,7 +95,7 @@ def test_beams_match_transformers(tiny, use_eos):
 
 
 def test_beams_mixed_with_sampling_equal_alone(tiny):
-    _, llm, _ = tiny
+    _, llm, _, _ = tiny
     prompts = _prompts()
     greedy = SamplingParams(temperature=0.0, max_tokens=MAX_NEW, ignore_eos=True)
     seeded = SamplingParams(temperature=0.8, n=3, seed=5, max_tokens=MAX_NEW, ignore_eos=True)
@@ -114,7 +114,7 @@ def test_beams_mixed_with_sampling_equal_alone(tiny):
 
 def test_beams_share_pages_and_pruned_beams_free_them(tiny):
     """Beams of a long prompt hold far fewer blocks than k private copies would."""
-    _, llm, _ = tiny
+    _, llm, _, _ = tiny
     prompt = list(range(1, 61))  # 15 blocks of 4 tokens
     engine = llm.engine
     kv = engine.scheduler.kv_manager
@@ -129,7 +129,7 @@ def test_beams_share_pages_and_pruned_beams_free_them(tiny):
 
 
 def test_bad_beam_input(tiny):
-    _, llm, _ = tiny
+    _, llm, _, _ = tiny
     with pytest.raises(ValueError, match="beam_width"):
         BeamSearchParams(0)
     with pytest.raises(TypeError, match="beam_width"):
@@ -158,3 +158,19 @@ def test_bundled_model_beams_match_transformers(hf_model):
         want, scores = _hf_beams(hf_model, prompt, k, 6, 1.0, eos)
         _check(got, want, scores, f"bundled k={k}")
     assert_all_blocks_free(llm)
+
+
+@pytest.mark.parametrize("mode", ["recompute", "swap"])
+def test_beams_under_preemption_equal_unpressured(tiny, mode):
+    """A pool too small for every beam at once: beams are preempted (held ones too) and the
+    search still returns what it returns with room."""
+    _, llm, _, directory = tiny
+    prompts = _prompts() + [list(range(1, 30))]
+    params = BeamSearchParams(4, MAX_NEW)
+    want = [[s.output_token_ids for s in o.sequences] for o in llm.beam_search(prompts, params)]
+    small = LLM(model=str(directory), dtype="float32", block_size=4, num_gpu_blocks=24,
+                preemption_mode=mode, swap_space=1 << 20)  # fmt: skip
+    got = [[s.output_token_ids for s in o.sequences] for o in small.beam_search(prompts, params)]
+    assert small.engine.scheduler.num_preemptions > 0, "the small pool was meant to preempt"
+    assert got == want
+    assert_all_blocks_free(small)

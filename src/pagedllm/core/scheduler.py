@@ -196,6 +196,8 @@ class Scheduler(SequenceGroups):
             # admitting right after a preemption would only thrash
             self._swap_in(step)
             self._admit_waiting(step)
+        if not step.decodes and not step.prefills and (self.waiting or self.swapped):
+            self._release_held(step)
         out.blocks_to_copy = self.kv_manager.take_blocks_to_copy()
         out.num_decodes = len(step.decodes)
         out.scheduled = step.decodes + step.prefills
@@ -216,6 +218,18 @@ class Scheduler(SequenceGroups):
         if out is not None:
             out.finished_ids, self._finished_ids = self._finished_ids, []
         return out
+
+    def _release_held(self, step: _Step) -> None:
+        """Nothing could run, and requests wait: if a running beam is only holding pages while
+        it waits for its siblings' reports, preempt it so they can come in (its report is
+        kept), then try again. Without this, held beams and queued siblings deadlock."""
+        held = [r for r in self.running if r.num_computed_tokens == r.num_tokens]
+        # not after a swap-in this step: a swap-out now could take the CPU pages it freed, and
+        # the runner copies every swap-out before any swap-in
+        if held and not step.out.blocks_to_swap_in:
+            self._preempt(held[-1], step)
+            self._swap_in(step)
+            self._admit_waiting(step)
 
     def _plan_running(self, step: _Step) -> dict[str, int]:
         """Token counts for running requests: decodes first, then prefill chunks."""

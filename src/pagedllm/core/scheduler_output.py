@@ -51,3 +51,12 @@ class SchedulerOutput:
     # the Request of every scheduled row and fork child (rank 0 reads sampling parameters and
     # histories from them; tensor-parallel workers get the plan without them)
     requests: dict[str, Request] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to run and no page to move (a plan with moves only must still be executed:
+        e.g. a waiting beam swapped out to make room)."""
+        return not (
+            self.scheduled or self.blocks_to_copy or self.blocks_to_swap_in
+            or self.blocks_to_swap_out
+        )  # fmt: skip

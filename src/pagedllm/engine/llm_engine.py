@@ -216,7 +216,7 @@ class LLMEngine:
         current, self._in_flight = self._in_flight, None
         if current is None:
             scheduled = self.scheduler.schedule()
-            if not scheduled.scheduled:
+            if scheduled.is_empty:
                 return outputs
             current = self._launch(scheduled)
             if current is None:

@@ -226,6 +226,14 @@ class TensorParallelExecutor:
     def vocab_size(self) -> int:
         return self.driver.vocab_size
 
+    @property
+    def kv_spec(self) -> KVCacheSpec:
+        return self.driver.kv_spec  # rank 0's shard: what one rank's pages hold
+
+    @property
+    def device(self) -> torch.device:
+        return self.driver.device
+
     def determine_num_blocks(self) -> tuple[int, int]:
         """Every rank sizes its own pool (GPUs profile together); rank 0 takes the minimum."""
         self._broadcast((tp_worker.CMD_NUM_BLOCKS,))
@@ -277,12 +285,6 @@ class TensorParallelExecutor:
     def workers(self) -> list[multiprocessing.process.BaseProcess]:
         """The worker processes (ranks 1..N-1), for monitoring and tests."""
         return list(self._procs)
-
-    def __getattr__(self, name: str) -> Any:
-        # kv_spec, cache, model, device, dtype ...: rank 0's runner answers
-        if name == "driver" or "driver" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.driver, name)
 
     def __enter__(self) -> TensorParallelExecutor:
         return self
