@@ -70,6 +70,9 @@ class SchedulerConfig:
     # work with device work; core/continuation.py). None: on for CUDA devices, off on CPU
     # (where the device is the host, so nothing overlaps and outputs would only come later)
     async_scheduling: bool | None = None
+    # prompt + max_tokens > max_model_len: False rejects the request (ValueError, HTTP 400, as
+    # vLLM and OpenAI do); True cuts max_tokens to the room left (engine/validation.py)
+    truncate_max_tokens: bool = False
 
     def validate(self) -> None:
         for name in (
@@ -89,6 +92,10 @@ class SchedulerConfig:
         if self.async_scheduling not in (None, True, False):
             raise ValueError(
                 f"async_scheduling must be True, False or None, got {self.async_scheduling!r}"
+            )
+        if not isinstance(self.truncate_max_tokens, bool):
+            raise TypeError(
+                f"truncate_max_tokens must be True or False, got {self.truncate_max_tokens!r}"
             )
         self.preemption_mode = PreemptionMode(self.preemption_mode)
 

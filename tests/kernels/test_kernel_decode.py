@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from kernel_utils import dense_reference, make_paged_case, tolerance
-from pagedllm.kernels import default_num_splits, paged_decode_attention
+from pagedllm.kernels import decode_split_variants, default_num_splits, paged_decode_attention
 
 F32, BF16 = torch.float32, torch.bfloat16
 NUM_KV_HEADS = 2
@@ -90,9 +90,22 @@ def test_empty_padding_rows_come_out_finite(device: torch.device, num_splits: in
 def test_split_heuristic() -> None:
     # Many programs already: no split. Few long sequences: split up to the cap.
     assert default_num_splits(64, 8, 2048, 132) == 1
-    assert default_num_splits(4, 8, 16384, 132) == 9
+    # 32 programs < 132 SMs: 4 per SM wanted (17), rounded down to a power of two
+    assert default_num_splits(4, 8, 16384, 132) == 16
+    assert default_num_splits(8, 8, 32000, 132) == 8
+    assert default_num_splits(1, 8, 128000, 132) == 64  # capped
+    assert default_num_splits(32, 8, 4096, 132) == 2  # 256 programs fill the SMs: 2 per SM
     assert default_num_splits(4, 8, 16384, 132, max_splits=8) == 8
     assert default_num_splits(1, 1, 300, 132) == 1  # too short to be worth a reduce pass
+
+
+def test_split_counts_are_the_warmed_up_variants() -> None:
+    variants = set(decode_split_variants(64))
+    assert variants == {1, 2, 4, 8, 16, 32, 64}
+    for seqs in range(1, 300, 7):
+        for ctx in (17, 300, 2048, 32000, 131072):
+            assert default_num_splits(seqs, 8, ctx, 132) in variants
+            assert default_num_splits(seqs, 2, ctx, 78, max_splits=16) in decode_split_variants(16)
 
 
 @pytest.mark.gpu

@@ -37,3 +37,9 @@ class AttentionBackend(ABC):
     ) -> torch.Tensor:
         """Attend ``query`` ``[T, num_heads, head_dim]`` over the paged context of each
         sequence (causal by position); returns ``[T, num_heads, head_dim]``."""
+
+    def warm_up(self, kv_cache: torch.Tensor, num_heads: int, dtype: torch.dtype) -> None:
+        """Compile whatever this backend would otherwise compile while serving (default: none).
+
+        ``kv_cache`` is one layer's pages (only read); ``num_heads`` the query heads per rank.
+        """

@@ -15,6 +15,7 @@ import torch
 from pagedllm.attention.backend import AttentionBackend
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.kernels import (
+    decode_split_variants,
     default_num_splits,
     paged_decode_attention,
     paged_extend_attention,
@@ -40,7 +41,7 @@ class TritonAttentionBackend(AttentionBackend):
         max_num_seqs: int | None = None,
         max_model_len: int | None = None,
         num_sms: int | None = None,
-        max_splits: int = 16,
+        max_splits: int = 64,
         decode_splits: int | None = None,
     ) -> None:
         if max_splits < 1:
@@ -73,6 +74,28 @@ class TritonAttentionBackend(AttentionBackend):
         return default_num_splits(
             num_decodes, num_kv_heads, max_seq_len, self._sm_count(device), self.max_splits
         )
+
+    def warm_up(self, kv_cache: torch.Tensor, num_heads: int, dtype: torch.dtype) -> None:
+        """Compile the decode kernels for every split count the heuristic can pick.
+
+        Mixed batches run eagerly with a split count that follows their number of decode rows,
+        so without this the first such batches would each wait for a compile. Reads block 0
+        of ``kv_cache`` and writes nothing into it.
+        """
+        if self.decode_splits is not None:
+            splits = [self.decode_splits]
+        else:
+            splits = decode_split_variants(self.max_splits)
+        head_dim, device = kv_cache.shape[-1], kv_cache.device
+        block_size = kv_cache.shape[2]
+        query = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=device)
+        tables = torch.zeros(1, 1, dtype=torch.int32, device=device)
+        seq_lens = torch.full((1,), block_size, dtype=torch.int32, device=device)
+        for windowed in (None, block_size):  # sliding-window layers are a variant too
+            for n in splits:
+                paged_decode_attention(
+                    query, kv_cache, tables, seq_lens, 1.0, num_splits=n, sliding_window=windowed
+                )
 
     def _sm_count(self, device: torch.device) -> int:
         if self.num_sms is not None:

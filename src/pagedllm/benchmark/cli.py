@@ -9,9 +9,15 @@ import sys
 from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
 
 
-def add_bench_args(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="bench", required=True)
-    tp = sub.add_parser("throughput", help="offline throughput on a fixed workload (W1/W2/W3)")
+def add_bench_args(
+    parser: argparse.ArgumentParser, formatter_class: type = argparse.HelpFormatter
+) -> None:
+    sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
+    tp = sub.add_parser(
+        "throughput",
+        help="offline throughput on a fixed workload (W1/W2/W3)",
+        formatter_class=formatter_class,
+    )
     add_engine_args(tp)
     tp.add_argument("--preset", default=None, help="qwen3-0.6b or qwen3-8b (HF-style config)")
     tp.add_argument("--dummy", action="store_true", help="random weights (load_format=dummy)")
@@ -21,8 +27,10 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
         choices=["w1", "w2", "w3"],
         help="default: w2 for the 8b preset, w1 for other presets, w3 otherwise",
     )
-    tp.add_argument("--num-prompts", type=int, default=None)
-    tp.add_argument("--temperature", type=float, default=None)
+    tp.add_argument("--num-prompts", type=int, default=None, help="run only the first N requests")
+    tp.add_argument(
+        "--temperature", type=float, default=None, help="default: the workload's (0.6 or 0)"
+    )
     tp.add_argument(
         "--sweep-block-size",
         default=None,
@@ -30,7 +38,11 @@ def add_bench_args(parser: argparse.ArgumentParser) -> None:
     )
     tp.add_argument("--out", default=None, help="write the results as JSON here")
     tp.set_defaults(func=run_bench_throughput)
-    serve = sub.add_parser("serve", help="load a running server (concurrency sweep)")
+    serve = sub.add_parser(
+        "serve",
+        help="load a running server (concurrency sweep; needs the 'bench' extra: httpx)",
+        formatter_class=formatter_class,
+    )
     from pagedllm.benchmark.serving import add_bench_serve_args, run_bench_serve
 
     add_bench_serve_args(serve)

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import gc
+import time
 from collections.abc import Callable
 
 from pagedllm.benchmark import workloads
 from pagedllm.benchmark.throughput import run_workload
 from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.entrypoints.startup import log_startup_summary
 
 
 def _select_workload(
@@ -50,7 +52,9 @@ def run_throughput_or_sweep(
     runs = []
     for size in sizes:
         args.block_size = size
+        start = time.perf_counter()
         engine = LLMEngine.from_config(make_config(args))
+        log_startup_summary(engine, time.perf_counter() - start)
         load, temperature = _select_workload(args, engine)
         result = run_workload(engine, load, temperature)
         runs.append(result.as_dict())

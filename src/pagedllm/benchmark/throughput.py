@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from pagedllm.benchmark.workloads import Workload
 from pagedllm.engine.llm_engine import LLMEngine
+from pagedllm.progress import progress_bar
 from pagedllm.sampling_params import SamplingParams
 
 
@@ -64,8 +65,14 @@ def _run(
         params = SamplingParams(temperature=temperature, max_tokens=out_len, ignore_eos=True)
         engine.add_request(f"{prefix}-{i}", None, params, prompt_token_ids=prompt, stream=False)
     produced = 0
-    while engine.has_unfinished_requests():
-        for output in engine.step():
-            if output.finished:
-                produced += len(output.outputs[0].token_ids)
+    bar = progress_bar(len(prompts), prefix, "req", enabled=None if len(prompts) > 1 else False)
+    try:
+        while engine.has_unfinished_requests():
+            for output in engine.step():
+                if output.finished:
+                    produced += len(output.outputs[0].token_ids)
+                    bar.update(1)
+                    bar.set_postfix(output_tokens=produced, refresh=False)
+    finally:
+        bar.close()
     return produced

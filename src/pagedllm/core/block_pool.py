@@ -235,20 +235,35 @@ class BlockPool:
 
     def cache_full_block(
         self, block: KVBlock, block_hash: BlockHash, token_ids: Sequence[int]
-    ) -> None:
+    ) -> bool:
         """Register a full, referenced block under ``block_hash`` in the prefix-cache index.
 
-        If an equal block is already indexed, this one stays unindexed (its content is a
-        duplicate; it is reused first once freed).
+        Returns True when the block became findable. If an equal block is already indexed,
+        this one stays unindexed (its content is a duplicate; it is reused first once freed).
         """
         if not self.enable_caching or block.block_hash is not None:
-            return
+            return False
         if block_hash.token_ids != tuple(token_ids):
             raise ValueError("block_hash was built from different token ids")
         if block_hash in self._cached:
-            return
+            return False
         block.block_hash = block_hash
         self._cached[block_hash] = block
+        return True
+
+    def uncache_block(self, block: KVBlock, block_hash: BlockHash) -> None:
+        """Make ``block`` unfindable if it is still indexed under ``block_hash``.
+
+        For blocks whose KV was never written (their step failed): a free one moves to the head
+        of the free queue, so it is reused before any block holding real KV. A block that was
+        evicted and reused since it was registered (another hash, or none) is left alone.
+        """
+        if block.block_hash is not block_hash or self._cached.get(block_hash) is not block:
+            return
+        self._evict(block)
+        if block.ref_cnt == 0:
+            self._free.remove(block)
+            self._free.appendleft(block)
 
     def free_queue_ids(self) -> list[int]:
         """Block ids in eviction order (head first): for tests and debugging."""

@@ -12,6 +12,10 @@ Invariants:
 * Full blocks are registered in the prefix cache at allocation time, when their KV is computed
   in the step being scheduled (vLLM v1 style): a request admitted later in the same step may
   hit them, which is safe because every layer writes the batch's K/V before attending.
+* Registration is provisional until the step succeeds: every registration is recorded, the
+  scheduler hands the records of a step out with its plan (``take_newly_cached``), and when
+  that step fails ``uncache`` makes those blocks unfindable again, so no request can ever hit
+  KV that was never written. (Every request that could have hit them was in the failed step.)
 * Prefix-cache counters count tokens: ``prefix_cache_queries`` adds a request's token count and
   ``prefix_cache_hits`` its hit tokens, once per successful admission (re-admissions after a
   preemption included).
@@ -69,6 +73,8 @@ class KVCacheManager:
         self.cpu_pool = BlockPool(num_cpu_blocks, False) if num_cpu_blocks > 0 else None
         self._tables: dict[str, _Table] = {}
         self._blocks_to_copy: list[tuple[int, int]] = []
+        # prefix-cache registrations since the last take_newly_cached(): (block, its hash)
+        self._newly_cached: list[tuple[KVBlock, BlockHash]] = []
         self.prefix_cache_queries = 0  # tokens looked up
         self.prefix_cache_hits = 0  # tokens found
 
@@ -237,9 +243,31 @@ class KVCacheManager:
         for i in range(len(table.hashes), num_full):
             chunk = tokens[i * bs : (i + 1) * bs]
             block_hash = make_block_hash(parent, chunk)
-            self.pool.cache_full_block(table.blocks[i], block_hash, chunk)
+            self._register(table.blocks[i], block_hash)
             table.hashes.append(block_hash)
             parent = block_hash
+
+    def _register(self, block: KVBlock, block_hash: BlockHash) -> None:
+        """Make a full block findable, recording it until its step is known to succeed."""
+        if self.pool.cache_full_block(block, block_hash, block_hash.token_ids):
+            self._newly_cached.append((block, block_hash))
+
+    def take_newly_cached(self) -> list[tuple[KVBlock, BlockHash]]:
+        """Blocks registered in the prefix cache since the last call (clears the record).
+
+        The scheduler attaches them to the step whose KV writes they wait for.
+        """
+        out, self._newly_cached = self._newly_cached, []
+        return out
+
+    def uncache(self, entries: list[tuple[KVBlock, BlockHash]]) -> None:
+        """Undo registrations from ``take_newly_cached`` whose step failed (KV never written).
+
+        Each block stops being findable unless it was evicted and reused meanwhile; free ones
+        go to the head of the free queue. Ownership and reference counts do not change.
+        """
+        for block, block_hash in entries:
+            self.pool.uncache_block(block, block_hash)
 
     def take_blocks_to_copy(self) -> list[tuple[int, int]]:
         """Copy-on-write pairs (src, dst) recorded since the last call; clears the list."""
@@ -314,5 +342,5 @@ class KVCacheManager:
         table.blocks, table.block_ids = new, [b.block_id for b in new]
         if self._uses_cache(request):
             for block, block_hash in zip(new, table.hashes, strict=False):
-                self.pool.cache_full_block(block, block_hash, block_hash.token_ids)
+                self._register(block, block_hash)
         return pairs

@@ -18,6 +18,10 @@ One step (``schedule``):
 
 The runner applies ``blocks_to_swap_out``, then ``blocks_to_copy``, then ``blocks_to_swap_in``,
 then runs the forward.
+
+A plan's prefix-cache registrations stay provisional until its results come back: the engine
+passes a successful plan to ``update_from_output`` and a failed one to ``discard_failed_step``,
+which makes the blocks it registered unfindable again (their KV was never written).
 """
 
 from __future__ import annotations
@@ -76,6 +80,9 @@ class Scheduler(SequenceGroups):
         self._finished_ids: list[str] = []
         # samples 1..n-1 of an n > 1 request, until its prompt completes and they fork
         self._unforked: dict[str, list[Request]] = {}
+        self._next_step_id = 1
+        # step_id -> the prefix-cache registrations made by that plan, until it succeeds or fails
+        self._provisional: dict[int, list] = {}
 
     # ---------------------------------------------------------------- queries
     @property
@@ -199,6 +206,7 @@ class Scheduler(SequenceGroups):
         if not step.decodes and not step.prefills and (self.waiting or self.swapped):
             self._release_held(step)
         out.blocks_to_copy = self.kv_manager.take_blocks_to_copy()
+        self._track_registrations(out)
         out.num_decodes = len(step.decodes)
         out.scheduled = step.decodes + step.prefills
         out.num_batched_tokens = sum(len(s.token_ids) for s in out.scheduled)
@@ -217,6 +225,7 @@ class Scheduler(SequenceGroups):
         )
         if out is not None:
             out.finished_ids, self._finished_ids = self._finished_ids, []
+            self._track_registrations(out)
         return out
 
     def _release_held(self, step: _Step) -> None:
@@ -230,6 +239,21 @@ class Scheduler(SequenceGroups):
             self._preempt(held[-1], step)
             self._swap_in(step)
             self._admit_waiting(step)
+
+    def _track_registrations(self, out: SchedulerOutput) -> None:
+        """Number the plan and keep the prefix-cache registrations it made until it ends."""
+        out.step_id, self._next_step_id = self._next_step_id, self._next_step_id + 1
+        registered = self.kv_manager.take_newly_cached()
+        if registered:
+            self._provisional[out.step_id] = registered
+
+    def discard_failed_step(self, output: SchedulerOutput) -> None:
+        """A plan's step failed: the blocks it registered in the prefix cache become unfindable.
+
+        Call it before failing the step's requests (``finish_requests``), for the failed plan
+        and for any plan queued behind it (a continuation reads the failed step's tokens).
+        """
+        self.kv_manager.uncache(self._provisional.pop(output.step_id, []))
 
     def _plan_running(self, step: _Step) -> dict[str, int]:
         """Token counts for running requests: decodes first, then prefill chunks."""
@@ -284,6 +308,7 @@ class Scheduler(SequenceGroups):
         if self._should_swap(req):
             pairs = kv.swap_out(req)
             step.out.blocks_to_swap_out.extend(pairs)
+            step.out.swapped_out_ids.append(req.request_id)
             self.num_swap_outs += 1
             self.num_blocks_swapped_out += len(pairs)
             req.status = RequestStatus.SWAPPED
@@ -318,6 +343,7 @@ class Scheduler(SequenceGroups):
             self.swapped.popleft()
             pairs = kv.swap_in(req)
             step.out.blocks_to_swap_in.extend(pairs)
+            step.out.swapped_in_ids.append(req.request_id)
             self.num_blocks_swapped_in += len(pairs)
             req.status = RequestStatus.RUNNING
             self.running.append(req)
@@ -398,6 +424,7 @@ class Scheduler(SequenceGroups):
         since ``schedule`` are ignored; a missing token for a live sampling row raises
         ValueError.
         """
+        self._provisional.pop(output.step_id, None)  # its KV is written: registrations stand
         if self._step_started is not None:
             seconds, self._step_started = time.perf_counter() - self._step_started, None
             prefill = output.num_batched_tokens - output.num_decodes

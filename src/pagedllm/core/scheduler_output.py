@@ -60,3 +60,10 @@ class SchedulerOutput:
             self.scheduled or self.blocks_to_copy or self.blocks_to_swap_in
             or self.blocks_to_swap_out
         )  # fmt: skip
+
+    # requests whose pages this step's swap copies move: if the step fails, they fail with it
+    swapped_in_ids: list[str] = field(default_factory=list)
+    swapped_out_ids: list[str] = field(default_factory=list)
+    # which plan this is: the scheduler keeps the prefix-cache registrations of each plan until
+    # its results arrive (update_from_output) or it fails (discard_failed_step)
+    step_id: int = 0

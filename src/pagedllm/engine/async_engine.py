@@ -61,6 +61,7 @@ class _Timing:
     arrival: float
     last_token: float | None = None
     num_tokens: int = 0
+    ttft: float | None = None
 
 
 class RequestStream:
@@ -130,6 +131,10 @@ class AsyncLLMEngine:
         self._stats: Any = None
         self._stats_lock = threading.Lock()
         self.last_error: str | None = None
+        # called on the engine thread after each stats refresh as hook(engine, stats): the
+        # periodic stats log and the dashboard's page snapshot (entrypoints/)
+        self.stats_hooks: list[Callable[[Any, Any], None]] = []
+        self.request_logger: Any | None = None  # --log-requests (entrypoints/stats_logger.py)
 
     @classmethod
     def from_config(cls, config: Any, metrics: Any | None = None) -> AsyncLLMEngine:
@@ -207,6 +212,8 @@ class AsyncLLMEngine:
             if not accepted.done() or accepted.cancelled():
                 self._commands.put(_Abort([request_id]))
             raise
+        if self.request_logger is not None:
+            self.request_logger.received(request_id, prompt, prompt_token_ids, params)
         return stream
 
     async def generate(
@@ -346,6 +353,11 @@ class AsyncLLMEngine:
             return
         with self._stats_lock:
             self._stats = stats
+        for hook in self.stats_hooks:
+            try:
+                hook(self.engine, stats)
+            except Exception:  # noqa: BLE001 - logging and dashboards must never break serving
+                logger.exception("stats hook %r failed", hook)
 
     def _call_loop(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -375,12 +387,16 @@ class AsyncLLMEngine:
             else:
                 self.metrics.observe_itl((now - timing.last_token) / new_tokens)
         if new_tokens:
+            if timing.last_token is None:
+                timing.ttft = now - timing.arrival
             timing.last_token = now
             timing.num_tokens += new_tokens
         if out.finished:
             self._timing.pop(out.request_id, None)
             if self.metrics is not None:
                 self.metrics.observe_e2e(now - timing.arrival)
+            if self.request_logger is not None:
+                self.request_logger.finished(out, timing.ttft, now - timing.arrival)
 
     def _fail_streams(self, ids: list[str], message: str) -> None:
         for rid in ids:

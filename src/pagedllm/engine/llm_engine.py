@@ -19,9 +19,10 @@ from pagedllm.core.scheduler import Scheduler, SchedulerOutput
 from pagedllm.engine.beam_group import BeamGroup, start_beam_group
 from pagedllm.engine.beam_search import BeamSearchParams
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
+from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import resolve_prompt
+from pagedllm.engine.validation import resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.step_result import StepResult
@@ -133,16 +134,14 @@ class LLMEngine:
                 f"params must be SamplingParams or BeamSearchParams, got {type(params).__name__}"
             )
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
-        if len(ids) >= self.max_model_len:
-            raise ValueError(
-                f"the prompt has {len(ids)} tokens but max_model_len is {self.max_model_len}: "
-                "shorten the prompt or raise max_model_len"
-            )
+        max_tokens = resolve_max_tokens(
+            len(ids),
+            params.max_tokens,
+            self.max_model_len,
+            self.config.scheduler.truncate_max_tokens,
+        )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         internal = f"{request_id}#{next(self._ids)}"
-        max_tokens = self.max_model_len - len(ids)
-        if params.max_tokens is not None:
-            max_tokens = min(max_tokens, params.max_tokens)
         if isinstance(params, BeamSearchParams):
             group, first = start_beam_group(
                 request_id, internal, text, ids, params, max_tokens, self.eos_token_ids,
@@ -371,18 +370,35 @@ class LLMEngine:
         self._forget(group)
 
     def _fail_step(self, scheduled: SchedulerOutput, exc: Exception) -> None:
-        """Fail every request of a step; their final outputs wait in ``_pending``."""
+        """Fail every request of a step; their final outputs wait in ``_pending``.
+
+        The step's KV was not (reliably) written, so first the blocks it registered in the
+        prefix cache become unfindable again, and so do those of a continuation queued behind
+        it (which reads the failed step's tokens). The requests whose pages the step's swap
+        copies were moving fail with it: their pages hold nothing trustworthy.
+        """
+        plans = [scheduled]
+        if self._in_flight is not None and self._in_flight.plan is not scheduled:
+            plans.append(self._in_flight.plan)
+        for plan in plans:
+            self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
-        for sched in scheduled.scheduled:
-            group = self._group_of.get(sched.request_id)
-            if group is not None and group.request_id in self._groups:
-                self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+        for plan in plans:
+            ids = [s.request_id for s in plan.scheduled]
+            for request_id in ids + plan.swapped_in_ids + plan.swapped_out_ids:
+                group = self._group_of.get(request_id)
+                if group is not None and group.request_id in self._groups:
+                    self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""
         self.runner.shutdown()
 
     # ----------------------------------------------------------------- stats
+    def kv_snapshot(self) -> dict:
+        """A read-only picture of the KV page pool (``engine/kv_snapshot.py``; /dashboard)."""
+        return take_kv_snapshot(self.scheduler)
+
     def stats(self) -> EngineStats:
         kv = self.scheduler.kv_manager
         total = kv.num_blocks

@@ -45,3 +45,41 @@ def _check_ids(ids: list[Any], vocab_size: int) -> list[int]:
         if not 0 <= token < vocab_size:
             raise ValueError(f"prompt token id {token} is outside the vocabulary [0, {vocab_size})")
     return list(ids)
+
+
+class ContextLengthError(ValueError):
+    """The prompt, or the prompt plus ``max_tokens``, does not fit in ``max_model_len``.
+
+    A ValueError (HTTP 400) whose message states the maximum context length, as vLLM and OpenAI
+    do; the server reports it with code ``context_length_exceeded``.
+    """
+
+    code = "context_length_exceeded"
+
+
+def resolve_max_tokens(
+    num_prompt_tokens: int, max_tokens: int | None, max_model_len: int, truncate: bool = False
+) -> int:
+    """How many tokens a request may generate; raise ContextLengthError when it cannot fit.
+
+    ``max_tokens=None`` means "until the context is full". A prompt that leaves no room for one
+    output token is always an error. With ``truncate`` a too-large ``max_tokens`` is cut to the
+    room left (the old behaviour, ``--truncate-max-tokens``); without it the request is rejected.
+    """
+    room = max_model_len - num_prompt_tokens
+    if room <= 0:
+        raise ContextLengthError(
+            f"This model's maximum context length is {max_model_len} tokens (max_model_len), "
+            f"but the prompt has {num_prompt_tokens} tokens: shorten the prompt or raise "
+            "max_model_len"
+        )
+    if max_tokens is None:
+        return room
+    if max_tokens > room and not truncate:
+        raise ContextLengthError(
+            f"This model's maximum context length is {max_model_len} tokens (max_model_len). "
+            f"However, you requested {num_prompt_tokens + max_tokens} tokens "
+            f"({num_prompt_tokens} in the prompt, {max_tokens} for the completion, max_tokens). "
+            "Please reduce the prompt or max_tokens"
+        )
+    return min(max_tokens, room)

@@ -49,6 +49,7 @@ class LLM:
         preemption_mode: str = "recompute",
         num_scheduler_steps: int = 1,
         async_scheduling: bool | None = None,
+        truncate_max_tokens: bool = False,
         enforce_eager: bool = False,
         tensor_parallel_size: int = 1,
     ) -> None:

@@ -10,11 +10,16 @@ Importing this package imports ``triton``; on a machine without a GPU set
 
 from __future__ import annotations
 
-from pagedllm.kernels.paged_decode import default_num_splits, paged_decode_attention
+from pagedllm.kernels.paged_decode import (
+    decode_split_variants,
+    default_num_splits,
+    paged_decode_attention,
+)
 from pagedllm.kernels.paged_extend import paged_extend_attention
 from pagedllm.kernels.reshape_and_cache import reshape_and_cache
 
 __all__ = [
+    "decode_split_variants",
     "default_num_splits",
     "paged_decode_attention",
     "paged_extend_attention",

@@ -220,4 +220,5 @@ def load_gguf(path: Path, name: str | None = None) -> ModelSource:
         path=str(path),
         load_format="gguf",
         _weights_fn=lambda: iter_gguf_weights(reader, hf_config),
+        num_tensors=sum(gguf_to_hf_name(t) is not None for t in tensor_names),
     )

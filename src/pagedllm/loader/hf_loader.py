@@ -85,6 +85,17 @@ def _has_tensor(files: list[Path], name: str) -> bool:
     return False
 
 
+def _count_tensors(files: list[Path], skip: frozenset[str]) -> int:
+    """Tensors ``iter_safetensors`` will yield (reads only the headers)."""
+    from safetensors import safe_open
+
+    count = 0
+    for file in files:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            count += sum(name not in skip for name in handle.keys())  # noqa: SIM118
+    return count
+
+
 def safetensors_files(directory: Path) -> list[Path]:
     """The checkpoint's safetensors files, in index order when sharded."""
     index_path = directory / "model.safetensors.index.json"
@@ -160,4 +171,5 @@ def load_hf_directory(directory: Path) -> ModelSource:
         path=str(directory),
         load_format="safetensors",
         _weights_fn=lambda: iter_safetensors(files, skip),
+        num_tensors=_count_tensors(files, skip),
     )

@@ -8,6 +8,8 @@ from typing import Any
 
 import torch
 
+from pagedllm.progress import with_load_progress
+
 from .tokenizer import Tokenizer
 
 WeightIterator = Iterator[tuple[str, torch.Tensor]]
@@ -34,6 +36,7 @@ class ModelSource:
     path: str
     load_format: str
     _weights_fn: Callable[[], WeightIterator] = field(repr=False)
+    num_tensors: int | None = None  # how many ``weights()`` yields (for the progress bar)
 
     def weights(self) -> WeightIterator:
         """Yield ``(hf_parameter_name, tensor)`` pairs on CPU, one tensor at a time.
@@ -42,4 +45,4 @@ class ModelSource:
         embeddings no ``lm_head.weight`` is yielded (like HF checkpoints): the model ties it.
         Each call re-reads the source, so it can be iterated more than once.
         """
-        return self._weights_fn()
+        return with_load_progress(self._weights_fn(), self.num_tensors, self.name)

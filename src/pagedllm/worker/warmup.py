@@ -41,6 +41,7 @@ def warm_up(
     with set_forward_context(ForwardContext(meta, cache.kv_caches, backend)):
         hidden = model(ids, pos)
     logits = model.compute_logits(hidden[-2:])
+    backend.warm_up(cache.kv_caches[0], model.num_heads, hidden.dtype)
     # the fused temperature-sampling kernel plus greedy rows
     params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
     batch = SamplingBatch.build(params, [[]] * 2, [[]] * 2, [None] * 2, device, vocab_size)

@@ -20,6 +20,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.progress import progress_bar
+
 _WORDS = (
     "the quick brown fox jumps over a lazy dog while paged attention keeps every block "
     "of the cache busy serving many requests at once on one small machine"
@@ -41,7 +43,7 @@ def add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--base-url", default="http://127.0.0.1:8000", help="server root (without /v1)"
     )
-    parser.add_argument("--api-key", default=None)
+    parser.add_argument("--api-key", default=None, help="the server's API key, if it has one")
     parser.add_argument("--model", default=None, help="model name (default: the server's first)")
     parser.add_argument(
         "--concurrency", default="1,4,16", help="comma-separated concurrency levels"
@@ -56,8 +58,8 @@ def add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
         "--input-len", default="32,256", help="prompt length range in words, 'lo,hi'"
     )
     parser.add_argument("--max-tokens", type=int, default=32, help="output tokens per request")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--timeout", type=float, default=600.0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random prompts")
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per request")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
 
 
@@ -123,10 +125,16 @@ async def _level(args: argparse.Namespace, model: str, concurrency: int) -> dict
                 "stream_options": {"include_usage": True},
             }
             async with gate:
-                return await _one(client, "/v1/completions", body)
+                result = await _one(client, "/v1/completions", body)
+            bar.update(1)
+            return result
 
+        bar = progress_bar(len(prompts), f"concurrency {concurrency}", "req")
         start = time.perf_counter()
-        results = await asyncio.gather(*(run(p) for p in prompts))
+        try:
+            results = await asyncio.gather(*(run(p) for p in prompts))
+        finally:
+            bar.close()
         duration = time.perf_counter() - start
     return _summarize(concurrency, results, duration)
 
@@ -197,6 +205,12 @@ async def _main(args: argparse.Namespace) -> list[dict]:
 
 def run_bench_serve(args: argparse.Namespace) -> int:
     """Run the sweep; print the table; write JSON to ``--out``. 0 when every request succeeded."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError as exc:
+        raise ValueError(
+            "pagedllm bench serve needs httpx: pip install 'pagedllm[bench]' (or '[server]')"
+        ) from exc
     rows = asyncio.run(_main(args))
     print(format_table(rows))
     if args.out:

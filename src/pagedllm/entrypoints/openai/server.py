@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,6 +21,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 
 from pagedllm.engine.async_engine import AsyncLLMEngine
 from pagedllm.entrypoints.engine_args import add_engine_args, engine_config_from_args
+from pagedllm.entrypoints.openai.dashboard import install_dashboard
 from pagedllm.entrypoints.openai.errors import APIError, GuardMiddleware, install_error_handlers
 from pagedllm.entrypoints.openai.protocol import (
     ChatCompletionRequest,
@@ -34,6 +36,8 @@ from pagedllm.entrypoints.openai.protocol import (
 from pagedllm.entrypoints.openai.serving_base import ServerState
 from pagedllm.entrypoints.openai.serving_chat import create_chat_completion, render_chat
 from pagedllm.entrypoints.openai.serving_completion import create_completion
+from pagedllm.entrypoints.startup import log_startup_summary
+from pagedllm.entrypoints.stats_logger import add_logging_args, attach_loggers
 from pagedllm.metrics import CONTENT_TYPE, ServerMetrics
 
 logger = logging.getLogger("pagedllm.server")
@@ -65,6 +69,7 @@ def build_app(
     app.state.pagedllm = state
     install_error_handlers(app)
     _add_routes(app, state)
+    install_dashboard(app, async_engine, api_key)
     app.add_middleware(GuardMiddleware, api_key=api_key, max_body_bytes=max_body_bytes)
     return app
 
@@ -128,7 +133,7 @@ def _add_routes(app: FastAPI, state: ServerState) -> None:
 # ------------------------------------------------------------------------- CLI
 def add_serve_args(parser: argparse.ArgumentParser) -> None:
     """Options of ``pagedllm serve [MODEL]``: server options plus the engine options."""
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     parser.add_argument("--port", type=int, default=8000, help="0 picks a free port")
     parser.add_argument(
         "--api-key",
@@ -148,8 +153,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         help="seconds in-flight requests get to finish on SIGTERM",
     )
     parser.add_argument(
-        "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
+        "--log-level",
+        default="info",
+        choices=["critical", "error", "warning", "info", "debug"],
+        help="server log level",
     )
+    add_logging_args(parser)
     parser.add_argument(
         "--served-model-name",
         default=None,
@@ -171,7 +180,9 @@ def run_server(args: argparse.Namespace) -> int:
         logger.error("invalid engine options: %s", exc)
         return 2
     api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+    start = time.perf_counter()
     async_engine = AsyncLLMEngine.from_config(config)
+    attach_loggers(async_engine, args)
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(
         async_engine,
@@ -194,7 +205,9 @@ def run_server(args: argparse.Namespace) -> int:
     # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
     # default handler would kill us with -15; a graceful drain is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda *_: None)
+    log_startup_summary(async_engine.engine, time.perf_counter() - start)
     print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}", flush=True)
+    print(f"pagedllm: live KV page dashboard at http://{host}:{port}/dashboard", flush=True)
     try:
         server.run(sockets=[sock])
     finally:

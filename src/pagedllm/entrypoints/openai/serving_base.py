@@ -110,7 +110,8 @@ async def submit(
             streams.append(await state.engine.add_request(rid, text, params, ids))
     except (ValueError, TypeError) as exc:
         close_all(streams)
-        raise APIError(400, str(exc), param="prompt") from exc
+        # ContextLengthError carries code "context_length_exceeded" (OpenAI's)
+        raise APIError(400, str(exc), param="prompt", code=getattr(exc, "code", None)) from exc
     except EngineDeadError as exc:
         close_all(streams)
         raise APIError(503, str(exc)) from exc
