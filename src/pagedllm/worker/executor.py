@@ -55,6 +55,7 @@ class Executor(Protocol):
     vocab_size: int
     kv_spec: KVCacheSpec
     device: torch.device
+    dtype: torch.dtype  # the model's
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """(device blocks, CPU swap blocks) the pool may have."""
@@ -233,6 +234,10 @@ class TensorParallelExecutor:
     @property
     def device(self) -> torch.device:
         return self.driver.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.driver.dtype
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """Every rank sizes its own pool (GPUs profile together); rank 0 takes the minimum."""
