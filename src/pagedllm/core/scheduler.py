@@ -236,7 +236,12 @@ class Scheduler(SequenceGroups):
         # not after a swap-in this step: a swap-out now could take the CPU pages it freed, and
         # the runner copies every swap-out before any swap-in
         if held and not step.out.blocks_to_swap_in:
-            self._preempt(held[-1], step)
+            victim = held[-1]
+            self._preempt(victim, step)
+            if victim.status == RequestStatus.PREEMPTED:
+                # behind the requests it waits for, or it would be re-admitted at once
+                self.waiting.remove(victim)
+                self.waiting.append(victim)
             self._swap_in(step)
             self._admit_waiting(step)
 
