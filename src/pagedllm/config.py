@@ -32,6 +32,9 @@ class CacheConfig:
     enable_prefix_caching: bool = True
     watermark: float = 0.01  # fraction of blocks kept free when admitting new requests
     cache_dtype: str = "auto"  # "auto": the model's dtype
+    # keep every page of sliding-window layers (one full-attention KV group) instead of
+    # freeing those outside the window: for comparisons and debugging
+    disable_hybrid_kv_cache: bool = False
 
     def validate(self) -> None:
         if isinstance(self.block_size, bool) or not isinstance(self.block_size, int):

@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from pagedllm.structured.params import StructuredOutputParams
+
 _GREEDY_EPS = 1e-5
 
 
@@ -40,6 +42,11 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs per generated token
     prompt_logprobs: int | None = None  # number of top logprobs per prompt token
     skip_special_tokens: bool = True
+    # The output must match this JSON schema / regex / choice / grammar (structured/).
+    structured_output: StructuredOutputParams | None = None
+    # token id -> bias in [-100, 100] added to its logit (OpenAI's logit_bias); ids are checked
+    # against the model's vocabulary when the request is added.
+    logit_bias: dict[int, float] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -50,7 +57,9 @@ class SamplingParams:
             self.stop_token_ids = []
         if self.top_k == -1:
             self.top_k = 0
+        self.structured_output = StructuredOutputParams.from_value(self.structured_output)
         self._validate()
+        self.logit_bias = _check_logit_bias(self.logit_bias)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SamplingParams:
@@ -111,6 +120,27 @@ class SamplingParams:
             value = getattr(self, name)
             if value is not None:
                 _check_int(name, value, low=0, high=20)
+
+
+def _check_logit_bias(bias: Any) -> dict[int, float] | None:
+    """``{token id: bias}`` with ids as ints (JSON keys arrive as strings) and biases in
+    [-100, 100]; an empty dict is None."""
+    if bias is None:
+        return None
+    if not isinstance(bias, dict):
+        raise TypeError(f"logit_bias must be a mapping of token id to bias, got {bias!r}")
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        try:
+            token_id = int(key)
+        except (TypeError, ValueError):
+            raise TypeError(f"logit_bias keys must be token ids, got {key!r}") from None
+        _check_int("logit_bias token id", token_id, low=0)
+        _check_number(f"logit_bias[{token_id}]", value)
+        if not -100.0 <= value <= 100.0:
+            raise ValueError(f"logit_bias[{token_id}] must be in [-100, 100], got {value}")
+        out[token_id] = float(value)
+    return out or None
 
 
 def _check_int(name: str, value: Any, low: int | None = None, high: int | None = None) -> None:

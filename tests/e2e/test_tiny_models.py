@@ -7,9 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 import transformers
-from tokenizers import Tokenizer as BackendTokenizer
-from tokenizers import pre_tokenizers
-from tokenizers.models import WordLevel
+from hybrid_models import hf_greedy, write_tokenizer
 
 from e2e_utils import assert_all_blocks_free
 from pagedllm import LLM, SamplingParams
@@ -52,14 +50,6 @@ ARCHS = {
 }
 
 
-def _write_tokenizer(directory) -> None:
-    """A word-level tokenizer spelling token i as ``<i>``: the engine needs tokenizer.json."""
-    vocab = {f"<{i}>": i for i in range(VOCAB)}
-    backend = BackendTokenizer(WordLevel(vocab, unk_token="<0>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    backend.save(str(directory / "tokenizer.json"))
-
-
 def _save_tiny_model(name: str, directory):
     config_cls, arch, extra = ARCHS[name]
     torch.manual_seed(0)
@@ -72,26 +62,9 @@ def _save_tiny_model(name: str, directory):
             else:
                 p.copy_(0.15 * torch.randn_like(p))
     model.save_pretrained(directory, safe_serialization=True)
-    _write_tokenizer(directory)
+    write_tokenizer(directory, VOCAB)
     assert list(directory.glob("*.safetensors")), "the checkpoint must be safetensors"
     return model
-
-
-def _hf_greedy(model, prompt: list[int], max_new: int) -> list[int]:
-    model.generation_config.eos_token_id = None  # a fixed count, like ignore_eos on our side
-    with torch.inference_mode():
-        ids = torch.tensor([prompt])
-        out = model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            max_new_tokens=max_new,
-            do_sample=False,
-            eos_token_id=None,
-            pad_token_id=0,
-        )
-    new = out[0, len(prompt) :].tolist()
-    assert len(new) == max_new
-    return new
 
 
 def _prompts() -> list[list[int]]:
@@ -103,7 +76,7 @@ def _prompts() -> list[list[int]]:
 def test_tiny_model_matches_transformers_under_preemption(name, tmp_path):
     hf = _save_tiny_model(name, tmp_path)
     prompts = _prompts()
-    expected = [_hf_greedy(hf, p, MAX_NEW) for p in prompts]
+    expected = [hf_greedy(hf, p, MAX_NEW) for p in prompts]
     # the prompts and outputs need 19 blocks of 16 tokens in all; 8 force preemption
     llm = LLM(model=str(tmp_path), dtype="float32", block_size=16, num_gpu_blocks=8)
     assert llm.engine.model_config["architectures"] == [ARCHS[name][1]]

@@ -64,6 +64,7 @@ def server() -> Iterator[ServerHandle]:
         served_model_names=[MODEL],
         max_body_bytes=MAX_BODY,
         drain_timeout=5.0,
+        tool_call_parser="hermes",
     )
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))

@@ -54,7 +54,7 @@ def test_draining_with_continuations_gives_the_same_tokens(steps):
         finished = drain(sched, FakeRunner(BS))
         results.append({rid: r.all_token_ids for rid, r in finished.items()})
         kv = sched.kv_manager
-        assert kv.num_free_blocks == kv.num_blocks and not kv._tables
+        assert kv.num_free_blocks == kv.num_blocks and not kv.request_ids()
     assert results[0] == results[1]
     assert any(p is not None for p in planned), "no continuation was planned"
 

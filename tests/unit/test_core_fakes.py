@@ -44,6 +44,7 @@ def make_scheduler(
     num_cpu_blocks: int = 0,
     watermark: float = 0.01,
     num_scheduler_steps: int = 1,
+    kv_cache_groups: list[int | None] | None = None,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(
@@ -57,20 +58,27 @@ def make_scheduler(
         CacheConfig(block_size=block_size, enable_prefix_caching=caching, watermark=watermark),
         num_gpu_blocks=num_blocks,
         num_cpu_blocks=num_cpu_blocks,
+        kv_cache_groups=kv_cache_groups,
     )
 
 
 def check_pool(kv: KVCacheManager) -> None:
     """Every block's ref_cnt equals the table entries naming it; free blocks are exactly ref 0."""
-    counts = [0] * kv.num_blocks
-    for table in kv._tables.values():
-        for block in table.blocks:
-            counts[block.block_id] += 1
+    counts = [0] * len(kv.pool.blocks)
+    null = kv.pool.null_block
+    for group in kv.groups:
+        for table in group.tables.values():
+            assert all(b is null for b in table.blocks[: table.num_null])
+            for block in table.live:
+                assert block is not null, "a live slot holds the null block"
+                counts[block.block_id] += 1
     for block in kv.pool.blocks:
+        if block is null:
+            continue  # never counted, never free
         assert block.ref_cnt >= 0
         assert block.ref_cnt == counts[block.block_id], block
     free = sorted(kv.pool.free_queue_ids())
-    assert free == [b.block_id for b in kv.pool.blocks if b.ref_cnt == 0]
+    assert free == [b.block_id for b in kv.pool.blocks if b.ref_cnt == 0 and b is not null]
     assert kv.num_free_blocks == len(free)
 
 
@@ -207,7 +215,13 @@ def check_continuation(sched: Scheduler, prev: SchedulerOutput, out: SchedulerOu
         assert s.start_position == before.start_position + prev.num_steps
         assert s.num_lookahead == out.num_steps - 1
         assert len(s.block_table) * bs >= s.start_position + 1 + s.num_lookahead
-        assert s.block_table[: len(before.block_table)] == before.block_table
+        # slots a sliding window freed meanwhile hold the null block; the rest are unchanged
+        null = sched.kv_manager.pool.null_block
+        kept = [
+            b if a != getattr(null, "block_id", None) else a
+            for a, b in zip(s.block_table, before.block_table, strict=False)
+        ]
+        assert s.block_table[: len(before.block_table)] == kept
     assert not sched.waiting and not sched.swapped
     check_pool(sched.kv_manager)
 

@@ -118,5 +118,5 @@ def test_random_operations_keep_the_pool_sound(cfg, ops):
     STATS["hits"] += kv.prefix_cache_hits
     assert kv.num_free_blocks == kv.num_blocks and kv.usage() == 0.0
     assert kv.num_cpu_free_blocks == cfg["num_cpu_blocks"]
-    assert not kv._tables
+    assert not kv.request_ids()
     assert sched.num_running == sched.num_waiting == sched.num_swapped == 0

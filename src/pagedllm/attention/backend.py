@@ -34,9 +34,14 @@ class AttentionBackend(ABC):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Attend ``query`` ``[T, num_heads, head_dim]`` over the paged context of each
-        sequence (causal by position); returns ``[T, num_heads, head_dim]``."""
+        sequence (causal by position); returns ``[T, num_heads, head_dim]``.
+
+        With ``sliding_window`` ``w`` a query at position p sees keys ``p - w + 1 .. p`` and
+        never reads a page before that (its table slot may hold the null block). With
+        ``softcap`` the scores are ``softcap * tanh(score / softcap)``."""
 
     def warm_up(self, kv_cache: torch.Tensor, num_heads: int, dtype: torch.dtype) -> None:
         """Compile whatever this backend would otherwise compile while serving (default: none).

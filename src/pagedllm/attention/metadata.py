@@ -62,6 +62,16 @@ class ForwardContext:
     metadata: AttentionMetadata | None  # None during a weights-only profiling pass
     kv_caches: list[torch.Tensor]  # one per layer, see module docstring for the layout
     backend: object  # an AttentionBackend (torch_backend / triton_backend)
+    # hybrid KV cache: one metadata per KV cache group (its own block tables and slots) and
+    # each layer's group; None when every layer shares ``metadata``
+    group_metadata: list[AttentionMetadata] | None = None
+    layer_group: list[int] | None = None
+
+    def metadata_for(self, layer_idx: int) -> AttentionMetadata:
+        """The metadata of the KV cache group that ``layer_idx`` belongs to."""
+        if self.group_metadata is None or self.layer_group is None:
+            return self.metadata
+        return self.group_metadata[self.layer_group[layer_idx]]
 
 
 _CONTEXT: ForwardContext | None = None

@@ -31,17 +31,48 @@ def _sdpa(
     scale: float,
     mask: torch.Tensor | None = None,
     is_causal: bool = False,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """SDPA over ``[B, H, Q, d]`` queries and ``[B, KVH, L, d]`` keys/values with GQA.
 
     The fused CPU/CUDA SDPA kernels accumulate scores and softmax in float32 for bf16/fp16
     inputs (checked: bf16 output within bf16 rounding of a float32 reference), so there is
-    no explicit upcast: it would double the bytes read from the gathered pages.
+    no explicit upcast: it would double the bytes read from the gathered pages. With
+    ``softcap`` (Gemma 2) the scores become ``softcap * tanh(score / softcap)`` before the
+    mask, which SDPA cannot do: the scores are computed explicitly then (HF's eager order).
     """
     gqa = query.shape[1] != key.shape[1]
-    return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
-    )
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            query, key, value, attn_mask=mask, is_causal=is_causal, scale=scale, enable_gqa=gqa
+        )
+    return softcapped_attention(query, key, value, scale, softcap, mask, is_causal)
+
+
+def softcapped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    scale: float,
+    softcap: float,
+    mask: torch.Tensor | None = None,
+    is_causal: bool = False,
+) -> torch.Tensor:
+    """Attention with tanh soft-capped scores, in HF eager's order: ``qk * scale``, ``/ cap``,
+    ``tanh``, ``* cap``, mask, float32 softmax, ``@ v``. Shapes as ``_sdpa``."""
+    group = query.shape[1] // key.shape[1]
+    if group > 1:
+        key = key.repeat_interleave(group, dim=1)
+        value = value.repeat_interleave(group, dim=1)
+    scores = torch.matmul(query, key.transpose(-1, -2)) * scale
+    scores = torch.tanh(scores / softcap) * softcap
+    if is_causal:
+        q_len, k_len = scores.shape[-2:]
+        mask = torch.ones(q_len, k_len, dtype=torch.bool, device=query.device).tril(k_len - q_len)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(probs, value)
 
 
 class TorchAttentionBackend(AttentionBackend):
@@ -83,8 +114,13 @@ class TorchAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
-        """Attend ``query`` ``[T, H, d]`` over each sequence's paged context -> ``[T, H, d]``."""
+        """Attend ``query`` ``[T, H, d]`` over each sequence's paged context -> ``[T, H, d]``.
+
+        With a ``sliding_window`` only the pages that hold the window are read: the table
+        slots before it may hold the null block (pages freed by the KV manager).
+        """
         output = torch.empty_like(query)
         num_decodes = metadata.num_decodes
         if num_decodes > 0:
@@ -94,13 +130,15 @@ class TorchAttentionBackend(AttentionBackend):
                 q = query[:num_decodes]
                 if rows is not None:
                     q, tables, seq_lens = q[rows], tables[rows], seq_lens[rows]
-                out = self._decode(q, kv_cache, tables, seq_lens, max_len, scale, sliding_window)
+                out = self._decode(
+                    q, kv_cache, tables, seq_lens, max_len, scale, sliding_window, softcap
+                )
                 if rows is None:
                     output[:num_decodes] = out
                 else:
                     output.index_copy_(0, rows, out)
         if metadata.num_prefills > 0:
-            self._prefill(query, kv_cache, metadata, scale, sliding_window, output)
+            self._prefill(query, kv_cache, metadata, scale, (sliding_window, softcap), output)
         return output
 
     def _gather_pages(
@@ -174,28 +212,48 @@ class TorchAttentionBackend(AttentionBackend):
         max_len: int,
         scale: float,
         sliding_window: int | None,
+        softcap: float | None,
     ) -> torch.Tensor:
-        """Decode rows at once: one gather of their pages, one masked SDPA."""
+        """Decode rows at once: one gather of their (window's) pages, one masked SDPA.
+
+        Row ``i`` reads pages ``first[i] .. first[i] + num_pages - 1`` of its table: all of
+        them without a window, else only those holding its last ``sliding_window`` positions.
+        Gathered slots the row may not see (past its length, before its window) are zeroed:
+        a masked score still multiplies its value, and a stale page tail may hold anything.
+        """
         num_decodes = query.shape[0]
         block_size = kv_cache.shape[2]
-        num_pages = -(-max_len // block_size)
-        tables = block_tables[:, :num_pages].reshape(-1)
+        width = block_tables.shape[1]
+        num_pages = min(-(-max_len // block_size), width)
+        last = (seq_lens.to(torch.int64) - 1)[:, None]  # the query's position
+        arange = torch.arange(num_pages * block_size, device=query.device)
+        if sliding_window is not None and sliding_window < max_len:
+            num_pages = min(num_pages, (sliding_window - 1) // block_size + 2)
+            first = (last - sliding_window + 1).clamp(min=0) // block_size  # [B, 1]
+            cols = first + torch.arange(num_pages, device=query.device)[None, :]  # [B, P]
+            tables = block_tables.gather(1, cols.clamp(max=width - 1)).reshape(-1)
+            key_pos = first * block_size + arange[None, : num_pages * block_size]
+        else:
+            tables = block_tables[:, :num_pages].reshape(-1)
+            key_pos = arange[None, :]
         kvh, dim = kv_cache.shape[-2:]
         max_pad = num_pages * block_size
-        k, v = (
-            x.view(num_decodes, max_pad, kvh, dim).transpose(1, 2)  # [B, kvh, L, d]
-            for x in self._gather_pages(kv_cache, tables)
-        )
-        key_pos = torch.arange(max_pad, device=query.device)
-        last = (seq_lens.to(torch.int64) - 1)[:, None]  # the query's position
-        mask = key_pos[None, :] <= last
+        mask = key_pos <= last
         if sliding_window is not None:
-            mask &= key_pos[None, :] > last - sliding_window
+            mask = mask & (key_pos > last - sliding_window)
+        # row-wise memset of the hidden slots (a broadcast masked_fill_ was 10x the gather)
+        hidden = (~mask).reshape(-1).nonzero().squeeze(1)
+        k, v = (
+            _zero_rows(x.view(num_decodes * max_pad, kvh * dim), hidden)
+            .view(num_decodes, max_pad, kvh, dim)
+            .transpose(1, 2)
+            for x in self._gather_pages(kv_cache, tables)
+        )  # [B, kvh, L, d]
         # One query per sequence, so the g query heads sharing a KV head can ride as g query
         # rows of that head: [B, kvh, g, d]. Same result as GQA, no K/V expansion.
         group = query.shape[1] // kvh
         q = query.view(num_decodes, kvh, group, dim)
-        out = _sdpa(q, k, v, scale, mask=mask[:, None, None, :])
+        out = _sdpa(q, k, v, scale, mask=mask[:, None, None, :], softcap=softcap)
         return out.reshape(num_decodes, kvh * group, dim)
 
     def _prefill(
@@ -204,10 +262,14 @@ class TorchAttentionBackend(AttentionBackend):
         kv_cache: torch.Tensor,
         metadata: AttentionMetadata,
         scale: float,
-        sliding_window: int | None,
+        window_cap: tuple[int | None, float | None],
         output: torch.Tensor,
     ) -> None:
-        """Prefill chunks one sequence at a time, causal by position over the cached prefix."""
+        """Prefill chunks one sequence at a time, causal by position over the cached prefix.
+
+        With a window, pages wholly before the chunk's first query's window are not read.
+        """
+        sliding_window, softcap = window_cap
         block_size = kv_cache.shape[2]
         seq_lens = metadata.seq_lens_cpu
         if seq_lens is None:
@@ -218,30 +280,45 @@ class TorchAttentionBackend(AttentionBackend):
         start = sum(query_lens[: metadata.num_decodes])
         for i in range(metadata.num_decodes, len(seq_lens)):
             seq_len, query_len = seq_lens[i], query_lens[i]
+            first_page = 0
+            if sliding_window is not None:
+                first_page = max(0, seq_len - query_len - sliding_window + 1) // block_size
+            key_start = first_page * block_size
             num_pages = -(-seq_len // block_size)
-            pages = self._gather_pages(kv_cache, metadata.block_tables[i, :num_pages])
+            pages = self._gather_pages(kv_cache, metadata.block_tables[i, first_page:num_pages])
             k, v = (  # [1, kvh, L, d]
-                x.view(-1, *kv_cache.shape[-2:])[:seq_len].transpose(0, 1).unsqueeze(0)
+                x.view(-1, *kv_cache.shape[-2:])[: seq_len - key_start].transpose(0, 1)[None]
                 for x in pages
             )
             q = query[start : start + query_len].transpose(0, 1).unsqueeze(0)  # [1, H, Q, d]
             window_covers = sliding_window is None or sliding_window >= seq_len
             if query_len == seq_len and window_covers:
-                out = _sdpa(q, k, v, scale, is_causal=True)
+                out = _sdpa(q, k, v, scale, is_causal=True, softcap=softcap)
             else:
-                mask = _chunk_mask(seq_len, query_len, sliding_window, query.device)
-                out = _sdpa(q, k, v, scale, mask=mask)
+                mask = _chunk_mask(seq_len, query_len, key_start, sliding_window, query.device)
+                out = _sdpa(q, k, v, scale, mask=mask, softcap=softcap)
             output[start : start + query_len] = out[0].transpose(0, 1)
             start += query_len
 
 
+def _zero_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Zero rows ``rows`` of ``x`` in place (none: untouched); returns ``x``."""
+    if rows.numel():
+        x.index_fill_(0, rows, 0)
+    return x
+
+
 def _chunk_mask(
-    seq_len: int, query_len: int, sliding_window: int | None, device: torch.device
+    seq_len: int,
+    query_len: int,
+    key_start: int,
+    sliding_window: int | None,
+    device: torch.device,
 ) -> torch.Tensor:
-    """Boolean ``[Q, L]`` mask: query at position p sees keys at positions <= p (and within
-    the window, when one is set)."""
+    """Boolean ``[Q, L]`` mask over keys ``key_start .. seq_len - 1``: the query at position
+    p sees keys at positions <= p (and > p - window, when one is set)."""
     q_pos = torch.arange(seq_len - query_len, seq_len, device=device)[:, None]
-    k_pos = torch.arange(seq_len, device=device)[None, :]
+    k_pos = torch.arange(key_start, seq_len, device=device)[None, :]
     mask = k_pos <= q_pos
     if sliding_window is not None:
         mask &= k_pos > q_pos - sliding_window

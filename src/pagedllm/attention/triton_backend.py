@@ -115,6 +115,7 @@ class TritonAttentionBackend(AttentionBackend):
         metadata: AttentionMetadata,
         scale: float,
         sliding_window: int | None = None,
+        softcap: float | None = None,
     ) -> torch.Tensor:
         """Paged attention for a flat batch: ``query`` ``[T, H, d]`` -> ``[T, H, d]``.
 
@@ -145,6 +146,7 @@ class TritonAttentionBackend(AttentionBackend):
                 num_splits=splits,
                 sliding_window=sliding_window,
                 out=out[:num_decodes],
+                softcap=softcap,
             )
         num_prefills = metadata.num_seqs - metadata.num_decodes
         if num_prefills > 0:
@@ -160,5 +162,6 @@ class TritonAttentionBackend(AttentionBackend):
                 num_seqs=num_prefills,
                 sliding_window=sliding_window,
                 out=out,
+                softcap=softcap,
             )
         return out

@@ -9,6 +9,10 @@ from pathlib import Path
 PRESETS = {
     "qwen3-0.6b": "qwen3-0.6b.json",
     "qwen3-8b": "qwen3-8b.json",
+    # hybrid KV cache study shapes (max_position_embeddings raised to 128k for the study)
+    "gemma-3-1b": "gemma-3-1b.json",
+    "gemma-2-2b": "gemma-2-2b.json",
+    "mistral-7b": "mistral-7b.json",
 }
 
 

@@ -14,6 +14,13 @@ Eviction order (the invariant the free queue keeps):
 * Callers free a request's blocks last-block-first, so at equal age the deeper blocks of a
   prefix chain are evicted before their parents (a child without its parent is unreachable).
 * ``touch`` revives a cached free block by unlinking it from the middle of the queue in O(1).
+
+The null block (``reserve_null_block``, for sliding-window KV cache groups): block 0 is taken
+out of circulation. It fills the table slots of pages a window no longer sees; it is never in
+the free queue, never reference counted by requests, never written and never read by a kernel.
+
+The prefix-cache index is keyed by ``(group, BlockHash)``: with several KV cache groups the same
+tokens are stored once per group, in different blocks.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ class KVBlock:
     block_id: int
     ref_cnt: int = 0
     block_hash: BlockHash | None = None
+    cache_group: int = 0  # the KV cache group whose index holds block_hash
     # doubly linked free-queue pointers (None when not queued or at an end)
     prev_free: KVBlock | None = None
     next_free: KVBlock | None = None
@@ -146,18 +154,32 @@ class _FreeQueue:
 class BlockPool:
     """``num_blocks`` pages with reference counts, an LRU free queue and a prefix-cache index."""
 
-    def __init__(self, num_blocks: int, enable_caching: bool = True) -> None:
-        """Create the pool with every block free; ``num_blocks`` must be a positive integer."""
+    def __init__(
+        self, num_blocks: int, enable_caching: bool = True, reserve_null_block: bool = False
+    ) -> None:
+        """Create the pool with every block free; ``num_blocks`` must be a positive integer.
+
+        With ``reserve_null_block``, block 0 is the null block and never handed out.
+        """
         if isinstance(num_blocks, bool) or not isinstance(num_blocks, int) or num_blocks <= 0:
             raise ValueError(f"num_blocks must be a positive integer, got {num_blocks!r}")
+        if reserve_null_block and num_blocks < 2:
+            raise ValueError("num_blocks must be at least 2 to reserve a null block")
         self.num_blocks = num_blocks
         self.enable_caching = enable_caching
         self.blocks = [KVBlock(i) for i in range(num_blocks)]
+        self.null_block: KVBlock | None = self.blocks[0] if reserve_null_block else None
         self._free = _FreeQueue()
         for block in self.blocks:
-            self._free.append(block)
-        # one block per identity; a duplicate computed later is simply not indexed
-        self._cached: dict[BlockHash, KVBlock] = {}
+            if block is not self.null_block:
+                self._free.append(block)
+        # one block per (group, identity); a duplicate computed later is simply not indexed
+        self._cached: dict[tuple[int, BlockHash], KVBlock] = {}
+
+    @property
+    def num_usable_blocks(self) -> int:
+        """Blocks requests can hold (the null block excluded)."""
+        return self.num_blocks - (self.null_block is not None)
 
     @property
     def num_free_blocks(self) -> int:
@@ -171,7 +193,7 @@ class BlockPool:
 
     def usage(self) -> float:
         """Fraction of blocks referenced by some request: 0.0 when idle."""
-        return 1.0 - self._free.size / self.num_blocks
+        return 1.0 - self._free.size / self.num_usable_blocks
 
     def get_new_blocks(self, n: int) -> list[KVBlock]:
         """Take ``n`` free blocks (ref_cnt becomes 1), evicting LRU cached blocks as needed.
@@ -191,8 +213,9 @@ class BlockPool:
 
     def _evict(self, block: KVBlock) -> None:
         """Drop ``block`` from the prefix-cache index (it is about to hold new data)."""
-        if self._cached.get(block.block_hash) is block:
-            del self._cached[block.block_hash]
+        key = (block.cache_group, block.block_hash)
+        if self._cached.get(key) is block:
+            del self._cached[key]
         block.block_hash = None
 
     def free_blocks(self, blocks: Iterable[KVBlock]) -> None:
@@ -218,15 +241,17 @@ class BlockPool:
                 self._free.remove(block)
             block.ref_cnt += 1
 
-    def get_cached_block(self, block_hash: BlockHash, token_ids: Sequence[int]) -> KVBlock | None:
-        """The cached block with exactly this identity and these tokens, or None.
+    def get_cached_block(
+        self, block_hash: BlockHash, token_ids: Sequence[int], group: int = 0
+    ) -> KVBlock | None:
+        """Group ``group``'s cached block with exactly this identity and tokens, or None.
 
         The index compares the whole ``BlockHash`` (parent chain, tokens, extra keys), and the
         tokens are checked once more, so a hash collision yields a miss, never a wrong block.
         """
         if not self.enable_caching:
             return None
-        block = self._cached.get(block_hash)
+        block = self._cached.get((group, block_hash))
         if block is None or block.block_hash is None:
             return None
         if block.block_hash.token_ids != tuple(token_ids):
@@ -234,9 +259,9 @@ class BlockPool:
         return block
 
     def cache_full_block(
-        self, block: KVBlock, block_hash: BlockHash, token_ids: Sequence[int]
+        self, block: KVBlock, block_hash: BlockHash, token_ids: Sequence[int], group: int = 0
     ) -> bool:
-        """Register a full, referenced block under ``block_hash`` in the prefix-cache index.
+        """Register a full, referenced block under ``(group, block_hash)`` in the index.
 
         Returns True when the block became findable. If an equal block is already indexed,
         this one stays unindexed (its content is a duplicate; it is reused first once freed).
@@ -245,10 +270,12 @@ class BlockPool:
             return False
         if block_hash.token_ids != tuple(token_ids):
             raise ValueError("block_hash was built from different token ids")
-        if block_hash in self._cached:
+        key = (group, block_hash)
+        if key in self._cached:
             return False
         block.block_hash = block_hash
-        self._cached[block_hash] = block
+        block.cache_group = group
+        self._cached[key] = block
         return True
 
     def uncache_block(self, block: KVBlock, block_hash: BlockHash) -> None:
@@ -258,7 +285,8 @@ class BlockPool:
         of the free queue, so it is reused before any block holding real KV. A block that was
         evicted and reused since it was registered (another hash, or none) is left alone.
         """
-        if block.block_hash is not block_hash or self._cached.get(block_hash) is not block:
+        key = (block.cache_group, block_hash)
+        if block.block_hash is not block_hash or self._cached.get(key) is not block:
             return
         self._evict(block)
         if block.ref_cnt == 0:

@@ -91,6 +91,7 @@ def plan_continuation(
                 sample=True,
                 num_lookahead=k - 1,
                 prev_row=row,
+                group_block_tables=kv.group_block_tables(req.request_id),
             )
         )
         out.requests[req.request_id] = req

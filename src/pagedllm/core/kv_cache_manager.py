@@ -1,17 +1,25 @@
-"""Per-request block tables on top of the block pool: allocate, append, fork, free, swap.
+"""Per-request block tables over one block pool, coordinated across KV cache groups.
 
-Pure Python (no torch). A request's logical token ``t`` lives at physical slot
-``block_table[t // block_size] * block_size + t % block_size``.
+Pure Python (no torch). Layers are grouped by attention type (``core/kv_cache_spec.py``); each
+group has its own table per request and its own manager (``core/single_type_manager.py``):
+full-attention groups keep every page, sliding-window groups free the pages outside the
+window and leave the pool's null block in their slots. This class drives them together and is
+what the scheduler talks to. A request's logical token ``t`` of a group's layers lives at slot
+``table[t // block_size] * block_size + t % block_size`` of that group's table.
 
 Invariants:
 
-* Only this class changes block ownership; a request holds one reference per table entry.
+* Only this class (through the group managers) changes block ownership; a request holds one
+  reference per live table entry; the null block is never counted.
 * A block that new tokens will write into is never shared: ``allocate_slots`` copies a shared
   partly filled block first (copy-on-write) and reports ``(src, dst)`` via
   ``take_blocks_to_copy``. Full blocks are never written again, so they are shared freely.
 * Full blocks are registered in the prefix cache at allocation time, when their KV is computed
   in the step being scheduled (vLLM v1 style): a request admitted later in the same step may
   hit them, which is safe because every layer writes the batch's K/V before attending.
+* Prefix-cache hits: the longest prefix (whole blocks, never the last token) that every group
+  can use: a full group needs every block of it, a window group only the blocks covering its
+  last ``w - 1`` tokens (``SlidingWindowKVManager``'s rule).
 * Registration is provisional until the step succeeds: every registration is recorded, the
   scheduler hands the records of a step out with its plan (``take_newly_cached``), and when
   that step fails ``uncache`` makes those blocks unfindable again, so no request can ever hit
@@ -23,20 +31,17 @@ Invariants:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from pagedllm.core.block_pool import BlockHash, BlockPool, KVBlock, make_block_hash
 from pagedllm.core.request import Request
+from pagedllm.core.single_type_manager import (
+    GroupTable,
+    SingleTypeKVManager,
+    SlidingWindowKVManager,
+)
 
-
-@dataclass(slots=True)
-class _Table:
-    """The blocks of one request and the identities of its leading full blocks."""
-
-    blocks: list[KVBlock] = field(default_factory=list)
-    block_ids: list[int] = field(default_factory=list)
-    hashes: list[BlockHash] = field(default_factory=list)
-    cpu_block_ids: list[int] = field(default_factory=list)  # while swapped out
+# prefix hits per group: ``hits[g][i]`` is block i of group g, None where a window group
+# does not need it (its slot gets the null block)
+GroupHits = list[list[KVBlock | None]]
 
 
 def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
@@ -47,7 +52,7 @@ def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> N
 
 
 class KVCacheManager:
-    """Block tables per request, prefix-cache lookups, copy-on-write forks and swap maps."""
+    """Block tables per request and KV cache group, prefix hits, forks, swap maps."""
 
     def __init__(
         self,
@@ -56,22 +61,38 @@ class KVCacheManager:
         enable_prefix_caching: bool = True,
         watermark: float = 0.01,
         num_cpu_blocks: int = 0,
+        group_windows: list[int | None] | None = None,
     ) -> None:
-        """Build the device pool (and a CPU pool of ``num_cpu_blocks`` for swapping)."""
+        """Build the device pool (and a CPU pool of ``num_cpu_blocks`` for swapping).
+
+        ``group_windows`` has one entry per KV cache group (``KVCacheLayout.windows``): None
+        for full attention, else the group's sliding window. Default: one full group. With a
+        window group, block 0 becomes the null block, so ``num_blocks - 1`` are usable.
+        """
         _check_positive_int("num_blocks", num_blocks)
         _check_positive_int("block_size", block_size)
         _check_positive_int("num_cpu_blocks", num_cpu_blocks, allow_zero=True)
         if not 0.0 <= watermark < 1.0:
             raise ValueError(f"watermark must be in [0, 1), got {watermark}")
-        self.num_blocks = num_blocks
+        windows = list(group_windows) if group_windows else [None]
+        has_window = any(w is not None for w in windows)
+        if has_window and num_blocks < 2:
+            raise ValueError("num_blocks must be at least 2 with a sliding-window group")
         self.block_size = block_size
         self.enable_prefix_caching = enable_prefix_caching
-        self.watermark_blocks = int(watermark * num_blocks)
-        self.pool = BlockPool(num_blocks, enable_caching=enable_prefix_caching)
+        self.pool = BlockPool(num_blocks, enable_prefix_caching, reserve_null_block=has_window)
+        self.num_blocks = self.pool.num_usable_blocks
+        self.watermark_blocks = int(watermark * self.num_blocks)
+        self.groups: list[SingleTypeKVManager] = [
+            SingleTypeKVManager(self.pool, block_size, g)
+            if w is None
+            else SlidingWindowKVManager(self.pool, block_size, g, w)
+            for g, w in enumerate(windows)
+        ]
         self.num_cpu_blocks = num_cpu_blocks
         # CPU pages are plain storage: no prefix caching there
         self.cpu_pool = BlockPool(num_cpu_blocks, False) if num_cpu_blocks > 0 else None
-        self._tables: dict[str, _Table] = {}
+        self._hashes: dict[str, list[BlockHash]] = {}  # per request: its full blocks' ids
         self._blocks_to_copy: list[tuple[int, int]] = []
         # prefix-cache registrations since the last take_newly_cached(): (block, its hash)
         self._newly_cached: list[tuple[KVBlock, BlockHash]] = []
@@ -79,6 +100,11 @@ class KVCacheManager:
         self.prefix_cache_hits = 0  # tokens found
 
     # ----------------------------------------------------------------- queries
+    @property
+    def num_groups(self) -> int:
+        """KV cache groups (1 unless the model mixes attention types)."""
+        return len(self.groups)
+
     @property
     def num_free_blocks(self) -> int:
         """Device blocks with ref_cnt 0 (cached-but-unreferenced included)."""
@@ -90,144 +116,219 @@ class KVCacheManager:
         return 0 if self.cpu_pool is None else self.cpu_pool.num_free_blocks
 
     def usage(self) -> float:
-        """Fraction of device blocks referenced by requests (0.0 when idle)."""
+        """Fraction of usable device blocks referenced by requests (0.0 when idle)."""
         return self.pool.usage()
 
+    def request_ids(self) -> list[str]:
+        """The requests that hold a table (blocks, or swapped pages)."""
+        return list(self._hashes)
+
     def get_block_table(self, request_id: str) -> list[int]:
-        """A copy of the request's block ids (empty when it holds no blocks)."""
-        table = self._tables.get(request_id)
+        """A copy of the request's block ids in group 0 (empty when it holds no blocks)."""
+        table = self.groups[0].tables.get(request_id)
         return [] if table is None else list(table.block_ids)
 
+    def get_block_tables(self, request_id: str) -> list[list[int]]:
+        """Copies of the request's block ids in every group (null block in freed slots)."""
+        out = []
+        for mgr in self.groups:
+            table = mgr.tables.get(request_id)
+            out.append([] if table is None else list(table.block_ids))
+        return out
+
+    def group_block_tables(self, request_id: str) -> list[list[int]] | None:
+        """Every group's table (``get_block_tables``), or None when there is one group."""
+        return None if len(self.groups) == 1 else self.get_block_tables(request_id)
+
     def num_blocks_of(self, request_id: str) -> int:
-        """How many device blocks the request's table holds."""
-        table = self._tables.get(request_id)
-        return 0 if table is None else len(table.blocks)
+        """How many live device blocks the request holds, over all groups."""
+        total = 0
+        for mgr in self.groups:
+            table = mgr.tables.get(request_id)
+            if table is not None:
+                total += len(table.blocks) - table.num_null
+        return total
+
+    def max_blocks_needed(self, num_tokens: int, chunk: int) -> int:
+        """Most blocks a request of ``num_tokens`` tokens ever holds at once, computed in
+        steps of at most ``chunk`` tokens (window groups hold only their window)."""
+        return sum(mgr.max_live_blocks(num_tokens, chunk) for mgr in self.groups)
+
+    def num_blocks_to_extend(self, request: Request, end_slots: int) -> int:
+        """New blocks the request needs for slots up to ``end_slots`` (copy-on-write not
+        counted; pages the window frees first are counted as given back)."""
+        total = 0
+        for mgr in self.groups:
+            table = mgr.tables.get(request.request_id)
+            have = 0 if table is None else len(table.blocks)
+            total += max(0, -(-end_slots // self.block_size) - have)
+            if table is not None:
+                skip = mgr.num_skipped_blocks(request.num_computed_tokens)
+                total -= max(0, min(skip, have) - table.num_null)
+        return total
 
     def _uses_cache(self, request: Request) -> bool:
         # prompt logprobs need logits for every prompt token, so those requests skip lookups
         return self.enable_prefix_caching and request.sampling_params.prompt_logprobs is None
 
     # --------------------------------------------------------------- allocation
-    def get_computed_blocks(self, request: Request) -> tuple[list[KVBlock], int]:
-        """Prefix-cache hits for a request that holds no blocks: (blocks, hit tokens).
+    def get_computed_blocks(self, request: Request) -> tuple[GroupHits, int]:
+        """Prefix-cache hits for a request that holds no blocks: (hits per group, tokens).
 
-        The hit never covers all tokens: at most ``num_tokens - 1`` rounded down to whole
-        blocks, so the last token is computed and produces logits. Takes no references.
+        The hit is the longest run of ``h`` whole blocks, never covering the last token (it
+        must produce logits), that every group can use: full groups need blocks ``0 .. h-1``
+        cached, window groups only those their window sees from position ``h * block_size``.
+        Returns ``([], 0)`` without a hit. Takes no references.
         """
-        if not self._uses_cache(request) or request.request_id in self._tables:
+        if not self._uses_cache(request) or request.request_id in self._hashes:
             return [], 0
         bs = self.block_size
         tokens = request.all_token_ids
-        hits: list[KVBlock] = []
+        found: GroupHits = [[] for _ in self.groups]
         parent: BlockHash | None = None
         for i in range((len(tokens) - 1) // bs):
             chunk = tokens[i * bs : (i + 1) * bs]
-            block = self.pool.get_cached_block(make_block_hash(parent, chunk), chunk)
-            if block is None:
-                break
-            hits.append(block)
-            # chain from the cached object so later equality checks stop at identity
-            parent = block.block_hash
-        return hits, len(hits) * bs
+            block_hash = make_block_hash(parent, chunk)
+            row = [self.pool.get_cached_block(block_hash, chunk, g) for g in range(len(found))]
+            if any(
+                b is None for b, m in zip(row, self.groups, strict=True) if m.sliding_window is None
+            ):
+                break  # a full group misses: no longer hit is possible
+            for g, block in enumerate(row):
+                found[g].append(block)
+            # chain from a cached object so later equality checks stop at identity
+            hit = next((b for b in row if b is not None), None)
+            parent = block_hash if hit is None else hit.block_hash
+        num_hit = self._longest_usable_hit(found)
+        if num_hit == 0:
+            return [], 0
+        hits: GroupHits = []
+        for mgr, blocks in zip(self.groups, found, strict=True):
+            first = mgr.hit_window_blocks(num_hit)
+            hits.append([None] * first + blocks[first:num_hit])
+        return hits, num_hit * bs
+
+    def _longest_usable_hit(self, found: GroupHits) -> int:
+        """Largest ``h`` such that every group has the blocks it needs of a ``h``-block hit."""
+        h = len(found[0]) if found else 0
+        misses = []  # per group: misses[g][i] = missing blocks among the first i
+        for blocks in found:
+            counts = [0]
+            for block in blocks:
+                counts.append(counts[-1] + (block is None))
+            misses.append(counts)
+        while h > 0:
+            ok = True
+            for mgr, counts in zip(self.groups, misses, strict=True):
+                first = mgr.hit_window_blocks(h)
+                if counts[h] - counts[first]:
+                    ok = False
+                    break
+            if ok:
+                return h
+            h -= 1
+        return 0
 
     def allocate_slots(
         self,
         request: Request,
         num_new_tokens: int,
-        new_computed_blocks: list[KVBlock] | None = None,
+        new_computed_blocks: GroupHits | None = None,
         reserve_watermark: bool = False,
         num_lookahead_tokens: int = 0,
     ) -> bool:
-        """Make room for ``num_new_tokens`` more tokens of ``request``; False (no change) if full.
+        """Make room for ``num_new_tokens`` more tokens of ``request``; False if the pool is
+        too small (nothing allocated then; pages outside a window may have been freed).
 
         ``new_computed_blocks`` are prefix hits from ``get_computed_blocks`` (only for a request
         holding no blocks); they count as computed before the new tokens. With
         ``reserve_watermark`` (admissions), ``watermark_blocks`` must stay free afterwards.
         ``num_lookahead_tokens`` more slots are made writable for tokens not sampled yet
         (multi-step decoding); they are hashed into the prefix cache only once known, by a
-        later call. Copies shared blocks the new tokens write into (copy-on-write) and
-        registers blocks that become full in the prefix cache.
+        later call. Window groups first free the pages no new query can see; then shared
+        blocks the new tokens write into are copied (copy-on-write), new blocks appended, and
+        blocks that become full registered in the prefix cache.
         """
-        table = self._tables.get(request.request_id)
-        bs = self.block_size
-        if table is not None and not new_computed_blocks:
-            if self._fits_in_place(request, table, num_new_tokens, num_lookahead_tokens):
-                return True
+        rid = request.request_id
+        is_new = rid not in self._hashes
         hits = new_computed_blocks or []
-        is_new = table is None
-        if is_new:
-            table = _Table()
-        elif hits:
+        if hits and not is_new:
             raise ValueError("new_computed_blocks is only for a request that holds no blocks")
-        start = request.num_computed_tokens + len(hits) * bs
+        if not is_new and self._fits_in_place(request, num_new_tokens, num_lookahead_tokens):
+            return True
+        bs = self.block_size
+        num_hit = len(hits[0]) if hits else 0
+        start = request.num_computed_tokens + num_hit * bs
         end = start + num_new_tokens
         if end > request.num_tokens:
             raise ValueError(
-                f"request {request.request_id!r}: {end} tokens would be computed but it only "
+                f"request {rid!r}: {end} tokens would be computed but it only "
                 f"has {request.num_tokens}"
             )
-        num_have = len(table.blocks) + len(hits)
         end_slots = end + num_lookahead_tokens
-        num_new_blocks = max(0, -(-end_slots // bs) - num_have)
-        # existing blocks the new tokens write into that someone else also holds
-        shared = [
-            i
-            for i in range(start // bs, min(-(-end_slots // bs), len(table.blocks)))
-            if table.blocks[i].ref_cnt > 1
-        ]
-        revived = sum(1 for b in hits if b.ref_cnt == 0)
-        needed = num_new_blocks + len(shared) + revived
+        tables = [mgr.tables.get(rid) for mgr in self.groups]
+        needed = 0
+        shared: list[list[int]] = []
+        for mgr, table in zip(self.groups, tables, strict=True):
+            if table is None:
+                needed += max(0, -(-end_slots // bs) - num_hit)
+                shared.append([])
+                continue
+            mgr.remove_skipped_blocks(table, start)
+            shared.append(mgr.shared_slots(table, start, end_slots))
+            needed += mgr.num_new_blocks(table, end_slots) + len(shared[-1])
+        needed += sum(1 for row in hits for b in row if b is not None and b.ref_cnt == 0)
         reserve = self.watermark_blocks if reserve_watermark else 0
         if needed and self.pool.num_free_blocks - needed < reserve:
             return False
         if is_new:
-            self._tables[request.request_id] = table
+            self._hashes[rid] = []
         if hits:
             # touch first, so the allocations below can never evict a hit
-            self.pool.touch(hits)
-            table.blocks.extend(hits)
-            table.block_ids.extend(b.block_id for b in hits)
-            table.hashes.extend(b.block_hash for b in hits)
+            self.pool.touch(b for row in hits for b in row if b is not None)
         if new_computed_blocks is not None and self._uses_cache(request):
             self.prefix_cache_queries += request.num_tokens
-            self.prefix_cache_hits += len(hits) * bs
-        for i in shared:
-            self._copy_on_write(table, i)
-        if num_new_blocks:
-            new = self.pool.get_new_blocks(num_new_blocks)
-            table.blocks.extend(new)
-            table.block_ids.extend(b.block_id for b in new)
-        if end // bs > len(table.hashes) and self._uses_cache(request):
-            self._cache_full_blocks(table, request.all_token_ids, end // bs)
+            self.prefix_cache_hits += num_hit * bs
+        for g, mgr in enumerate(self.groups):
+            table = mgr.table(rid)
+            if hits:
+                mgr.add_hits(table, hits[g])
+            for i in shared[g]:
+                self._copy_on_write(table, i)
+            mgr.append_new(table, mgr.num_new_blocks(table, end_slots))
+        self._cache_full_blocks(request, end // bs)
         return True
 
     def _fits_in_place(
-        self, request: Request, table: _Table, num_new_tokens: int, num_lookahead_tokens: int
+        self, request: Request, num_new_tokens: int, num_lookahead_tokens: int
     ) -> bool:
         """Fast path: every slot the new (and lookahead) tokens need is in a private block the
         request already holds (most decode steps, every continuation round that stays inside
-        its blocks). Returns False (nothing done) when the general path is needed.
+        its blocks). Returns False (nothing allocated) when the general path is needed.
         """
         bs = self.block_size
+        rid = request.request_id
         start = request.num_computed_tokens
         end = start + num_new_tokens
         last = -(-(end + num_lookahead_tokens) // bs)
-        blocks = table.blocks
-        if last > len(blocks):
-            return False
-        for i in range(start // bs, last):
-            if blocks[i].ref_cnt != 1:
+        for mgr in self.groups:
+            table = mgr.tables[rid]
+            blocks = table.blocks
+            if last > len(blocks):
                 return False
+            mgr.remove_skipped_blocks(table, start)
+            for i in range(start // bs, last):
+                if blocks[i].ref_cnt != 1:
+                    return False
         if end > request.num_tokens:
             raise ValueError(
-                f"request {request.request_id!r}: {end} tokens would be computed but it only "
+                f"request {rid!r}: {end} tokens would be computed but it only "
                 f"has {request.num_tokens}"
             )
-        if end // bs > len(table.hashes) and self._uses_cache(request):
-            self._cache_full_blocks(table, request.all_token_ids, end // bs)
+        self._cache_full_blocks(request, end // bs)
         return True
 
-    def _copy_on_write(self, table: _Table, index: int) -> None:
+    def _copy_on_write(self, table: GroupTable, index: int) -> None:
         """Replace the shared block at ``index`` by a private copy and record (src, dst)."""
         src = table.blocks[index]
         (dst,) = self.pool.get_new_blocks(1)
@@ -236,21 +337,27 @@ class KVCacheManager:
         table.block_ids[index] = dst.block_id
         self._blocks_to_copy.append((src.block_id, dst.block_id))
 
-    def _cache_full_blocks(self, table: _Table, tokens: list[int], num_full: int) -> None:
-        """Hash and register blocks ``len(table.hashes) .. num_full - 1`` (full after this step)."""
-        bs = self.block_size
-        parent = table.hashes[-1] if table.hashes else None
-        for i in range(len(table.hashes), num_full):
-            chunk = tokens[i * bs : (i + 1) * bs]
-            block_hash = make_block_hash(parent, chunk)
-            self._register(table.blocks[i], block_hash)
-            table.hashes.append(block_hash)
-            parent = block_hash
+    def _cache_full_blocks(self, request: Request, num_full: int) -> None:
+        """Extend the request's block identities to ``num_full`` blocks and register every
+        group's live blocks among them in the prefix cache."""
+        if not self._uses_cache(request):
+            return
+        hashes = self._hashes[request.request_id]
+        if num_full > len(hashes):
+            bs = self.block_size
+            tokens = request.all_token_ids
+            parent = hashes[-1] if hashes else None
+            for i in range(len(hashes), num_full):
+                parent = make_block_hash(parent, tokens[i * bs : (i + 1) * bs])
+                hashes.append(parent)
+        for mgr in self.groups:
+            table = mgr.tables[request.request_id]
+            if table.num_cached < num_full:
+                self._note_registered(mgr.cache_blocks(table, hashes, num_full))
 
-    def _register(self, block: KVBlock, block_hash: BlockHash) -> None:
-        """Make a full block findable, recording it until its step is known to succeed."""
-        if self.pool.cache_full_block(block, block_hash, block_hash.token_ids):
-            self._newly_cached.append((block, block_hash))
+    def _note_registered(self, blocks: list[KVBlock]) -> None:
+        """Record registrations until their step is known to succeed (``take_newly_cached``)."""
+        self._newly_cached.extend((b, b.block_hash) for b in blocks)
 
     def take_newly_cached(self) -> list[tuple[KVBlock, BlockHash]]:
         """Blocks registered in the prefix cache since the last call (clears the record).
@@ -276,55 +383,68 @@ class KVCacheManager:
 
     # ------------------------------------------------------------ fork / free
     def fork(self, parent: Request, child: Request) -> None:
-        """Let ``child`` share every block of ``parent`` (one more reference each)."""
-        if child.request_id in self._tables:
+        """Let ``child`` share every live block of ``parent`` (one more reference each)."""
+        if child.request_id in self._hashes:
             raise ValueError(f"request {child.request_id!r} already holds blocks")
-        src = self._tables.get(parent.request_id)
-        if src is None:
+        if parent.request_id not in self._hashes:
             raise ValueError(f"parent request {parent.request_id!r} holds no blocks to share")
-        self.pool.touch(src.blocks)
-        self._tables[child.request_id] = _Table(
-            list(src.blocks), list(src.block_ids), list(src.hashes)
-        )
+        for mgr in self.groups:
+            src = mgr.tables[parent.request_id]
+            self.pool.touch(src.live)
+            mgr.tables[child.request_id] = GroupTable(
+                list(src.blocks), list(src.block_ids), src.num_null, src.num_cached
+            )
+        self._hashes[child.request_id] = list(self._hashes[parent.request_id])
 
     def free(self, request: Request) -> None:
         """Give back every device and CPU block of ``request`` (no-op if it holds none)."""
-        table = self._tables.pop(request.request_id, None)
-        if table is None:
+        if self._hashes.pop(request.request_id, None) is None:
             return
-        # last block first: deeper prefix blocks are evicted before their parents
-        self.pool.free_blocks(reversed(table.blocks))
-        if table.cpu_block_ids and self.cpu_pool is not None:
-            self.cpu_pool.free_blocks(self.cpu_pool.blocks[i] for i in table.cpu_block_ids)
+        for mgr in self.groups:
+            table = mgr.free(request.request_id)
+            if table is not None and table.cpu_block_ids and self.cpu_pool is not None:
+                self.cpu_pool.free_blocks(self.cpu_pool.blocks[i] for i in table.cpu_block_ids)
 
     # ------------------------------------------------------------------- swap
     def can_swap_out(self, request: Request) -> bool:
-        """True when the CPU pool has a page for every device block of ``request``."""
+        """True when the CPU pool has a page for every live device block of ``request``."""
         n = self.num_blocks_of(request.request_id)
         return n > 0 and self.num_cpu_free_blocks >= n
 
+    def _num_swapped(self, request: Request) -> int:
+        return sum(
+            len(mgr.tables[request.request_id].cpu_block_ids)
+            for mgr in self.groups
+            if request.request_id in mgr.tables
+        )
+
     def can_swap_in(self, request: Request, reserve_watermark: bool = True) -> bool:
         """True when the device pool can take back every swapped block (plus the watermark)."""
-        table = self._tables.get(request.request_id)
-        if table is None or not table.cpu_block_ids:
+        n = self._num_swapped(request)
+        if n == 0:
             return False
         reserve = self.watermark_blocks if reserve_watermark else 0
-        return self.pool.num_free_blocks - len(table.cpu_block_ids) >= reserve
+        return self.pool.num_free_blocks - n >= reserve
 
     def swap_out(self, request: Request) -> list[tuple[int, int]]:
-        """Move the request's blocks to CPU pages: returns (device block, cpu block) pairs.
+        """Move the request's live blocks to CPU pages: returns (device, cpu) block pairs.
 
-        The device blocks lose this request's reference (shared ones stay with their other
-        holders); the copy must happen before any of them is written again.
+        Null slots stay null (nothing to move). The device blocks lose this request's
+        reference (shared ones stay with their other holders); the copy must happen before
+        any of them is written again.
         """
         if not self.can_swap_out(request):
             raise ValueError(f"no room to swap out request {request.request_id!r}")
-        table = self._tables[request.request_id]
-        cpu = self.cpu_pool.get_new_blocks(len(table.blocks))
-        pairs = [(b.block_id, c.block_id) for b, c in zip(table.blocks, cpu, strict=True)]
-        self.pool.free_blocks(reversed(table.blocks))
-        table.blocks, table.block_ids = [], []
-        table.cpu_block_ids = [c.block_id for c in cpu]
+        pairs: list[tuple[int, int]] = []
+        for mgr in self.groups:
+            table = mgr.tables[request.request_id]
+            live = table.live
+            cpu = self.cpu_pool.get_new_blocks(len(live))
+            pairs.extend((b.block_id, c.block_id) for b, c in zip(live, cpu, strict=True))
+            self.pool.free_blocks(reversed(live))
+            del table.blocks[table.num_null :]
+            del table.block_ids[table.num_null :]
+            table.cpu_block_ids = [c.block_id for c in cpu]
         return pairs
 
     def swap_in(self, request: Request) -> list[tuple[int, int]]:
@@ -334,13 +454,18 @@ class KVCacheManager:
         """
         if not self.can_swap_in(request, reserve_watermark=False):
             raise ValueError(f"cannot swap in request {request.request_id!r}")
-        table = self._tables[request.request_id]
-        new = self.pool.get_new_blocks(len(table.cpu_block_ids))
-        pairs = [(c, b.block_id) for c, b in zip(table.cpu_block_ids, new, strict=True)]
-        self.cpu_pool.free_blocks(self.cpu_pool.blocks[i] for i in table.cpu_block_ids)
-        table.cpu_block_ids = []
-        table.blocks, table.block_ids = new, [b.block_id for b in new]
-        if self._uses_cache(request):
-            for block, block_hash in zip(new, table.hashes, strict=False):
-                self._register(block, block_hash)
+        pairs: list[tuple[int, int]] = []
+        hashes = self._hashes[request.request_id]
+        for mgr in self.groups:
+            table = mgr.tables[request.request_id]
+            new = self.pool.get_new_blocks(len(table.cpu_block_ids))
+            pairs.extend((c, b.block_id) for c, b in zip(table.cpu_block_ids, new, strict=True))
+            self.cpu_pool.free_blocks(self.cpu_pool.blocks[i] for i in table.cpu_block_ids)
+            table.cpu_block_ids = []
+            table.blocks.extend(new)
+            table.block_ids.extend(b.block_id for b in new)
+            if self._uses_cache(request):
+                table.num_cached = table.num_null
+                num_full = min(len(hashes), len(table.blocks))
+                self._note_registered(mgr.cache_blocks(table, hashes, num_full))
         return pairs

@@ -45,11 +45,9 @@ def plain_decode_round(
         k = 1
     if any(r.num_tokens + in_flight + k - 1 > config.max_model_len for r in requests):
         k = 1
-    bs = kv.block_size
-    need = 0
-    for req in requests:
-        held = kv.num_blocks_of(req.request_id)
-        need += max(0, -(-(req.num_computed_tokens + in_flight + k) // bs) - held)
+    need = sum(
+        kv.num_blocks_to_extend(req, req.num_computed_tokens + in_flight + k) for req in requests
+    )
     return k if need <= kv.num_free_blocks else 0
 
 
@@ -80,5 +78,6 @@ def plain_sampling(req: Request) -> bool:
         and p.presence_penalty == 0.0
         and p.frequency_penalty == 0.0
         and p.repetition_penalty == 1.0
+        and p.structured_output is None  # its mask needs the previous token on the host
         and req.num_output_tokens >= p.min_tokens
     )

@@ -52,8 +52,10 @@ class Scheduler(SequenceGroups):
         cache_config: CacheConfig,
         num_gpu_blocks: int,
         num_cpu_blocks: int = 0,
+        kv_cache_groups: list[int | None] | None = None,
     ) -> None:
-        """Validate the configs and build the KV cache manager."""
+        """Validate the configs and build the KV cache manager (``kv_cache_groups``: the
+        sliding window of each KV cache group, None = full; default one full group)."""
         scheduler_config.validate()
         cache_config.validate()
         self.config = scheduler_config
@@ -64,6 +66,7 @@ class Scheduler(SequenceGroups):
             enable_prefix_caching=cache_config.enable_prefix_caching,
             watermark=cache_config.watermark,
             num_cpu_blocks=num_cpu_blocks,
+            group_windows=kv_cache_groups,
         )
         self.block_size = cache_config.block_size
         self.requests: dict[str, Request] = {}  # every unfinished request
@@ -140,11 +143,13 @@ class Scheduler(SequenceGroups):
                 f"than max_model_len={max_len}: shorten the prompt or raise max_model_len"
             )
         total = min(request.num_tokens + request.max_tokens, max_len)
-        need = -(-total // self.block_size)
+        # window groups hold only their window plus the step's chunk
+        chunk = self.config.max_num_batched_tokens if self.config.enable_chunked_prefill else total
+        need = self.kv_manager.max_blocks_needed(total, chunk)
         if need > self.kv_manager.num_blocks:
             raise ValueError(
                 f"request {request.request_id!r} needs up to {need} KV blocks "
-                f"({total} tokens / block_size {self.block_size}) but the pool has only "
+                f"({total} tokens, block_size {self.block_size}) but the pool has only "
                 f"{self.kv_manager.num_blocks}: lower max_tokens, shorten the prompt, or give "
                 "the KV cache more memory"
             )
@@ -402,6 +407,7 @@ class Scheduler(SequenceGroups):
             self.kv_manager.get_block_table(req.request_id),
             sample,
             req.sampling_params.prompt_logprobs is not None,
+            group_block_tables=self.kv_manager.group_block_tables(req.request_id),
         )
         step.out.requests[req.request_id] = req
         if sample and req.request_id in self._unforked:

@@ -26,6 +26,7 @@ from pagedllm.engine.validation import resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.step_result import StepResult
+from pagedllm.worker.cache_engine import kv_cache_layout
 from pagedllm.worker.executor import create_executor
 from pagedllm.worker.pending import PendingStep
 
@@ -82,7 +83,10 @@ class LLMEngine:
         self.runner = create_executor(config, source)  # ModelRunner, or rank 0 of a TP group
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
-        self.scheduler = Scheduler(config.scheduler, config.cache, num_blocks, num_cpu_blocks)
+        layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
+        self.scheduler = Scheduler(
+            config.scheduler, config.cache, num_blocks, num_cpu_blocks, layout.windows
+        )
         if config.scheduler.preemption_mode == PreemptionMode.AUTO and num_cpu_blocks > 0:
             # AUTO's swap-vs-recompute model needs the copy bandwidth (core/preemption.py)
             costs = self.scheduler.preemption_costs
@@ -134,6 +138,8 @@ class LLMEngine:
                 f"params must be SamplingParams or BeamSearchParams, got {type(params).__name__}"
             )
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
+        if isinstance(params, SamplingParams):
+            self._check_constraints(params)
         max_tokens = resolve_max_tokens(
             len(ids),
             params.max_tokens,
@@ -183,6 +189,16 @@ class LLMEngine:
         for request in requests:
             self._group_of[request.request_id] = group
         self.prompt_tokens_total += len(ids)
+
+    def _check_constraints(self, params: SamplingParams) -> None:
+        """logit_bias ids inside the vocabulary; the grammar compiles (cached for the run)."""
+        for token_id in params.logit_bias or {}:
+            if token_id >= self.vocab_size:
+                raise ValueError(
+                    f"logit_bias token id {token_id} is outside the vocabulary "
+                    f"(size {self.vocab_size})"
+                )
+        self.runner.structured.validate(params.structured_output)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
         """Stop requests wherever they are; unknown ids are ignored (they may have finished).

@@ -149,6 +149,11 @@ def add_engine_args(parser: argparse.ArgumentParser, positional_model: bool = Tr
         help="cut max_tokens to fit the context instead of rejecting the request",
     )
     parser.add_argument(
+        "--disable-hybrid-kv-cache",
+        action="store_true",
+        help="keep every KV page of sliding-window layers (no freeing outside the window)",
+    )
+    parser.add_argument(
         "--num-scheduler-steps",
         type=int,
         default=1,

@@ -45,6 +45,7 @@ class LLM:
         max_num_seqs: int = 256,
         max_num_batched_tokens: int = 8192,
         enable_prefix_caching: bool = True,
+        disable_hybrid_kv_cache: bool = False,
         enable_chunked_prefill: bool = True,
         preemption_mode: str = "recompute",
         num_scheduler_steps: int = 1,

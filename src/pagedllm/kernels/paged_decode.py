@@ -21,13 +21,14 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels._common import dot_options
+from pagedllm.kernels._softcap import soft_cap
 
 LOG2E = math.log2(math.e)
 
 
 # Values that change from step to step are not specialized on (Triton would compile a
 # variant for each "== 1" / "% 16 == 0" case: seconds of JIT in the middle of serving).
-@triton.jit(do_not_specialize=["stride_bt", "sliding_window"])
+@triton.jit(do_not_specialize=["stride_bt", "sliding_window", "softcap"])
 def _decode_split_kernel(
     q_ptr,
     cache_ptr,
@@ -39,6 +40,7 @@ def _decode_split_kernel(
     part_l_ptr,
     qk_scale,
     sliding_window,
+    softcap,
     stride_qt,
     stride_qh,
     stride_ot,
@@ -56,6 +58,7 @@ def _decode_split_kernel(
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
@@ -101,6 +104,8 @@ def _decode_split_kernel(
         if DOT_FP32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_SOFTCAP:
+            s = soft_cap(s, softcap)
         s = tl.where(nmask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
@@ -214,6 +219,7 @@ def paged_decode_attention(
     sliding_window: int | None = None,
     out: torch.Tensor | None = None,
     block_n: int | None = None,
+    softcap: float | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
@@ -223,7 +229,9 @@ def paged_decode_attention(
     ``[2, num_blocks, block_size, kvh, d]``, ``block_tables`` ``[>=B, max_blocks]`` int32,
     ``seq_lens`` ``[>=B]`` (context length including the new token). Returns ``[B, H, d]``
     (written into ``out`` when given). Launch shapes depend only on ``B``, ``num_splits`` and
-    static sizes, so this is safe to capture in a CUDA graph.
+    static sizes, so this is safe to capture in a CUDA graph. Only keys inside the window are
+    read (pages before it may be the null block); ``softcap`` caps scores as
+    ``softcap * tanh(score / softcap)`` (Gemma 2).
     """
     num_seqs, num_heads, head_dim = query.shape
     out = torch.empty_like(query) if out is None else out
@@ -251,8 +259,9 @@ def paged_decode_attention(
         part_out,
         part_m,
         part_l,
-        scale * LOG2E,
+        scale if softcap else scale * LOG2E,
         sliding_window or 0,
+        float(softcap or 0.0),
         query.stride(0),
         query.stride(1),
         out.stride(0),
@@ -270,6 +279,7 @@ def paged_decode_attention(
         BLOCK_N=block_n,
         NUM_SPLITS=num_splits,
         HAS_WINDOW=bool(sliding_window),
+        HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
         num_warps=num_warps,

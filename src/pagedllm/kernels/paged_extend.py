@@ -20,6 +20,7 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels._common import dot_options
+from pagedllm.kernels._softcap import soft_cap
 
 LOG2E = math.log2(math.e)
 
@@ -37,6 +38,7 @@ def _extend_tile_loop(
     hi,
     qk_scale,
     sliding_window,
+    softcap,
     stride_ckv,
     stride_cb,
     stride_cs,
@@ -45,6 +47,7 @@ def _extend_tile_loop(
     BLOCK_N: tl.constexpr,
     MASKED: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
@@ -59,6 +62,8 @@ def _extend_tile_loop(
         if DOT_FP32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if HAS_SOFTCAP:
+            s = soft_cap(s, softcap)
         if MASKED:
             visible = (offs_n[None, :] <= pos_m[:, None]) & nmask[None, :]
             if HAS_WINDOW:
@@ -80,7 +85,7 @@ def _extend_tile_loop(
 
 # Values that change from step to step are not specialized on (Triton would compile a
 # variant for each "== 1" / "% 16 == 0" case: seconds of JIT in the middle of serving).
-@triton.jit(do_not_specialize=["seq_offset", "stride_bt", "sliding_window"])
+@triton.jit(do_not_specialize=["seq_offset", "stride_bt", "sliding_window", "softcap"])
 def _paged_extend_kernel(
     q_ptr,
     cache_ptr,
@@ -90,6 +95,7 @@ def _paged_extend_kernel(
     out_ptr,
     qk_scale,
     sliding_window,
+    softcap,
     seq_offset,
     stride_qt,
     stride_qh,
@@ -106,6 +112,7 @@ def _paged_extend_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HAS_WINDOW: tl.constexpr,
+    HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
 ):
@@ -141,23 +148,23 @@ def _paged_extend_kernel(
         if HAS_WINDOW:
             lo = tl.maximum(first_pos - sliding_window + 1, 0)
             acc, l_i, m_i = _extend_tile_loop(
-                acc, l_i, m_i, q, k_base, bt_row, pos_m, lo, hi, qk_scale, sliding_window,
+                acc, l_i, m_i, q, k_base, bt_row, pos_m, lo, hi, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
-                HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, DOT_PRECISION, DOT_FP32,
+                HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
             )  # fmt: skip
         else:
             # Whole tiles of keys at or before the tile's first query position are visible to
             # every row: no mask there; only the diagonal tiles pay for masking.
             mid = ((first_pos + 1) // BLOCK_N) * BLOCK_N
             acc, l_i, m_i = _extend_tile_loop(
-                acc, l_i, m_i, q, k_base, bt_row, pos_m, 0, mid, qk_scale, sliding_window,
+                acc, l_i, m_i, q, k_base, bt_row, pos_m, 0, mid, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
-                HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, HAS_WINDOW, DOT_PRECISION, DOT_FP32,
+                HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
             )  # fmt: skip
             acc, l_i, m_i = _extend_tile_loop(
-                acc, l_i, m_i, q, k_base, bt_row, pos_m, mid, hi, qk_scale, sliding_window,
+                acc, l_i, m_i, q, k_base, bt_row, pos_m, mid, hi, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
-                HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, DOT_PRECISION, DOT_FP32,
+                HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
             )  # fmt: skip
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         out = acc / l_safe[:, None]
@@ -195,6 +202,7 @@ def paged_extend_attention(
     block_n: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """Causal attention of variable-length query chunks over their paged contexts.
 
@@ -222,8 +230,9 @@ def paged_extend_attention(
         seq_lens,
         query_start_loc,
         out,
-        scale * LOG2E,
+        scale if softcap else scale * LOG2E,
         sliding_window or 0,
+        float(softcap or 0.0),
         seq_offset,
         query.stride(0),
         query.stride(1),
@@ -240,6 +249,7 @@ def paged_extend_attention(
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         HAS_WINDOW=bool(sliding_window),
+        HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
         num_warps=num_warps or dw,

@@ -8,10 +8,10 @@ It reads the batch layout, the layer's KV pages and the backend from the forward
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pagedllm.attention.metadata import get_forward_context
+from pagedllm.attention.torch_backend import _sdpa
 
 
 class Attention(nn.Module):
@@ -25,6 +25,7 @@ class Attention(nn.Module):
         scale: float,
         layer_idx: int,
         sliding_window: int | None = None,
+        logit_softcap: float | None = None,
     ) -> None:
         super().__init__()
         if num_heads % num_kv_heads != 0:
@@ -38,6 +39,8 @@ class Attention(nn.Module):
         self.scale = scale
         self.layer_idx = layer_idx
         self.sliding_window = sliding_window
+        # Gemma 2: scores become cap * tanh(score / cap) before the mask
+        self.logit_softcap = logit_softcap or None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``q [T, H*D]``, ``k``/``v`` ``[T, KVH*D]`` -> ``[T, H*D]``."""
@@ -50,9 +53,15 @@ class Attention(nn.Module):
             out = self._dense_causal(query, key, value)
         else:
             kv_cache = ctx.kv_caches[self.layer_idx]
-            ctx.backend.write_kv(key, value, kv_cache, ctx.metadata.slot_mapping)
+            metadata = ctx.metadata_for(self.layer_idx)
+            ctx.backend.write_kv(key, value, kv_cache, metadata.slot_mapping)
             out = ctx.backend.forward(
-                query, kv_cache, ctx.metadata, self.scale, sliding_window=self.sliding_window
+                query,
+                kv_cache,
+                metadata,
+                self.scale,
+                sliding_window=self.sliding_window,
+                softcap=self.logit_softcap,
             )
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
 
@@ -66,13 +75,5 @@ class Attention(nn.Module):
             pos = torch.arange(q.shape[2], device=q.device)
             diff = pos[:, None] - pos[None, :]
             mask = (diff >= 0) & (diff < self.sliding_window)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask,
-            is_causal=mask is None,
-            scale=self.scale,
-            enable_gqa=self.num_heads != self.num_kv_heads,
-        )
+        out = _sdpa(q, k, v, self.scale, mask, mask is None, self.logit_softcap)
         return out[0].transpose(0, 1)

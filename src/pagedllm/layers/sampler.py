@@ -6,11 +6,13 @@ One ``SamplingBatch`` is built per step from the rows' ``SamplingParams`` and hi
 1. raw logprobs (only when some row asked for ``logprobs``): ``log_softmax`` of the logits as
    the model produced them, before bans, penalties, temperature and truncation. This is vLLM's
    default (``logprobs_mode="raw_logprobs"``) and what the OpenAI API reports.
-2. banned tokens (min_tokens: EOS / stop_token_ids of rows still too short) -> ``-inf``.
-3. penalties: repetition (HF/vLLM: over prompt + output tokens, positive logits divided,
+2. logit bias (OpenAI ``logit_bias``), then the structured-output bitmask: tokens the row's
+   grammar does not allow -> ``-inf`` (``apply_bias_and_grammar``, one self-contained step).
+3. banned tokens (min_tokens: EOS / stop_token_ids of rows still too short) -> ``-inf``.
+4. penalties: repetition (HF/vLLM: over prompt + output tokens, positive logits divided,
    negative multiplied), then frequency and presence (OpenAI: over output tokens only).
-4. greedy rows take the argmax here; if every row is greedy nothing else runs.
-5. temperature -> min_p -> top_k -> top_p -> sample by the exponential race
+5. greedy rows take the argmax here; if every row is greedy nothing else runs.
+6. temperature -> min_p -> top_k -> top_p -> sample by the exponential race
    (``argmax(probs / E)``, ``E ~ Exponential(1)``), which equals sampling from ``probs`` and needs
    no host sync. A row with its own ``torch.Generator`` draws its noise from it alone, so the same
    seed gives the same tokens whatever else shares the batch.
@@ -23,10 +25,16 @@ with noise drawn in the kernel): same distribution, other random draws.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from pagedllm.layers import _fused
+from pagedllm.layers.logit_constraints import (
+    apply_bias_and_grammar,
+    grammar_mask_tensors,
+    logit_bias_triples,
+)
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.transfer import to_device
 
@@ -91,6 +99,15 @@ class SamplingBatch:
     # Logprobs: k per row (None: row did not ask), and the max over rows (None: nobody asked).
     num_logprobs: list[int | None] = field(default_factory=list)
     max_num_logprobs: int | None = None
+    # logit_bias as (row, token, bias) triples (None when no row has one).
+    bias_rows: torch.Tensor | None = None
+    bias_cols: torch.Tensor | None = None
+    bias_values: torch.Tensor | None = None
+    # Structured outputs: the rows whose grammar forbids some token, and their allowed tokens
+    # (CPU: [R, V] bool unpacked on the host; GPU: [R, ceil(V / 32)] int32 words, unpacked on
+    # the device). None: no row is constrained this step.
+    grammar_rows: torch.Tensor | None = None
+    grammar_allowed: torch.Tensor | None = None
 
     @classmethod
     def build(
@@ -102,6 +119,7 @@ class SamplingBatch:
         device: torch.device | str,
         vocab_size: int,
         banned_token_ids: list[list[int]] | None = None,
+        grammar_bitmask: Any = None,
     ) -> SamplingBatch:
         """Build the batch for one step; all lists are per row, in the logits' row order.
 
@@ -109,6 +127,8 @@ class SamplingBatch:
         ``output_token_ids`` only when some row has any penalty. ``generators[i]`` is the row's
         own generator (seeded requests) or ``None`` (the global RNG). ``banned_token_ids[i]``
         lists token ids row ``i`` must not produce this step (ids >= vocab_size are ignored).
+        ``grammar_bitmask`` is the host ``[N, ceil(V / 32)]`` int32 mask of allowed tokens from
+        ``StructuredOutputManager.bitmask`` (or None); it is copied without a host sync.
         """
         n = len(params)
         if not (len(output_token_ids) == len(prompt_token_ids) == len(generators) == n):
@@ -150,6 +170,13 @@ class SamplingBatch:
         batch._build_penalties(params, output_token_ids, prompt_token_ids, device)
         if banned_token_ids is not None:
             batch._build_bans(banned_token_ids, device)
+        batch.bias_rows, batch.bias_cols, batch.bias_values = logit_bias_triples(
+            params, vocab_size, device
+        )
+        if grammar_bitmask is not None:
+            batch.grammar_rows, batch.grammar_allowed = grammar_mask_tensors(
+                grammar_bitmask, vocab_size, device
+            )
         return batch
 
     @property
@@ -166,6 +193,8 @@ class SamplingBatch:
             or self.banned_rows is not None
             or self.seen_mask is not None
             or self.output_counts is not None
+            or self.bias_rows is not None
+            or self.grammar_rows is not None
         )
 
     def _build_penalties(
@@ -240,6 +269,7 @@ class Sampler:
         raw_logprobs = None
         if batch.max_num_logprobs is not None:
             raw_logprobs = torch.log_softmax(logits, dim=-1)
+        logits = apply_bias_and_grammar(logits, batch)
         logits = apply_bans_and_penalties(logits, batch)
         token_ids = logits.argmax(dim=-1)
         if not batch.all_greedy:

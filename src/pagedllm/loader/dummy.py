@@ -53,8 +53,11 @@ def _layer_shapes(cfg: dict[str, Any], arch: str, prefix: str) -> dict[str, tupl
         shapes[f"{attn}.v_proj.bias"] = (kv_out,)
         if arch != "Qwen2ForCausalLM":  # Qwen2 biases q/k/v only; Llama/Qwen3 also o_proj
             shapes[f"{attn}.o_proj.bias"] = (hidden,)
-    if arch == "Qwen3ForCausalLM":
+    if arch in ("Qwen3ForCausalLM", "Gemma3ForCausalLM"):
         shapes.update({f"{attn}.q_norm.weight": (head_dim,), f"{attn}.k_norm.weight": (head_dim,)})
+    if arch.startswith("Gemma"):  # sandwich norms around the MLP too
+        shapes[f"{prefix}.pre_feedforward_layernorm.weight"] = (hidden,)
+        shapes[f"{prefix}.post_feedforward_layernorm.weight"] = (hidden,)
     if cfg.get("mlp_bias"):
         for proj, size in (("gate_proj", inter), ("up_proj", inter), ("down_proj", hidden)):
             shapes[f"{prefix}.mlp.{proj}.bias"] = (size,)
@@ -88,16 +91,19 @@ def iter_dummy_weights(
     device: str | torch.device = "cpu",
     seed: int = 0,
 ) -> WeightIterator:
-    """Random weights, one tensor at a time: matrices ~ N(0, 0.02^2), norms 1, biases 0.
+    """Random weights, one tensor at a time: matrices ~ N(0, 0.02^2), norms 1, biases 0
+    (Gemma's norms scale by ``1 + weight``, so theirs are 0).
 
     ``device`` lets GPU benchmarks generate in place instead of filling gigabytes on the CPU.
     The same ``seed``, dtype and device give the same weights.
     """
     dtype = dtype or _config_dtype(hf_config)
     generator = torch.Generator(device=device).manual_seed(seed)
+    arch = (hf_config.get("architectures") or [""])[0]
+    norm_fill = 0.0 if arch.startswith("Gemma") else 1.0
     for name, shape in param_shapes(hf_config).items():
         if name.endswith(("norm.weight", "layernorm.weight")):
-            yield name, torch.ones(shape, dtype=dtype, device=device)
+            yield name, torch.full(shape, norm_fill, dtype=dtype, device=device)
         elif name.endswith(".bias"):
             yield name, torch.zeros(shape, dtype=dtype, device=device)
         else:

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from .attention_layout import layer_windows
 from .hf_tokenizer import has_hf_tokenizer, load_hf_tokenizer, read_json
 from .model_source import ModelSource, WeightIterator
 from .tokenizer import Tokenizer
@@ -13,12 +14,15 @@ from .tokenizer import Tokenizer
 _PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 # The architectures pagedllm has model code for (models/registry.py).
 SUPPORTED_ARCHITECTURES = (
+    "Gemma2ForCausalLM",
+    "Gemma3ForCausalLM",
     "LlamaForCausalLM",
     "MistralForCausalLM",
     "Qwen2ForCausalLM",
     "Qwen3ForCausalLM",
 )
 _MODEL_TYPES = {a.removesuffix("ForCausalLM").lower(): a for a in SUPPORTED_ARCHITECTURES}
+_MODEL_TYPES["gemma3_text"] = "Gemma3ForCausalLM"
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ def read_hf_config(directory: Path) -> dict[str, Any]:
     if "torch_dtype" not in config and "dtype" in config:
         config["torch_dtype"] = config["dtype"]
     fill_config_defaults(config)
+    if "num_hidden_layers" in config:
+        layer_windows(config)  # an inconsistent window / layer pattern fails here, naming it
     return config
 
 

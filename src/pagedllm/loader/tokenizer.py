@@ -12,6 +12,7 @@ from typing import Any
 from tokenizers import Tokenizer as BackendTokenizer
 
 from .chat_template import render_chat_template
+from .tool_prompt import hermes_messages, template_supports_tools
 
 
 class Tokenizer:
@@ -119,13 +120,17 @@ class Tokenizer:
         add_generation_prompt: bool = True,
         tokenize: bool = True,
         chat_template: str | None = None,
+        tools: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> list[int] | str:
         """Render ``messages`` with the model's chat template (or ``chat_template``).
 
         Returns token ids when ``tokenize`` (encoded without adding BOS again: the template
         writes every special token itself, as transformers does), else the prompt text. Extra
-        keyword arguments (``tools``, ``enable_thinking``, ...) become template variables.
+        keyword arguments (``enable_thinking``, ...) become template variables. ``tools``
+        (OpenAI-style tool dicts) go to a template that renders tools; for one that does not,
+        tools, assistant ``tool_calls`` and ``tool`` messages are written in the Hermes format
+        (``loader/tool_prompt.py``).
         """
         template = chat_template or self.chat_template
         if not template:
@@ -133,6 +138,13 @@ class Tokenizer:
                 "this model has no chat template; pass chat_template=... or use a plain "
                 "completion prompt instead of chat messages"
             )
+        uses_tools = bool(tools) or any(
+            m.get("role") == "tool" or m.get("tool_calls") for m in messages
+        )
+        if uses_tools and not template_supports_tools(template):
+            messages = hermes_messages(messages, tools)
+        elif tools:
+            kwargs["tools"] = tools
         special = {
             "bos_token": self.bos_token or "",
             "eos_token": self.eos_token or "",

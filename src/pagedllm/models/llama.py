@@ -27,6 +27,7 @@ from pagedllm.layers.linear import (
 )
 from pagedllm.layers.rmsnorm import RMSNorm
 from pagedllm.layers.rotary import RotaryEmbedding
+from pagedllm.loader.attention_layout import layer_windows
 from pagedllm.parallel.sharding import local_num_kv_heads
 from pagedllm.parallel.state import get_tp_size
 
@@ -91,20 +92,8 @@ class ModelArgs:
             qkv_bias=attention_bias or arch == "Qwen2ForCausalLM",
             o_bias=attention_bias and arch != "Qwen2ForCausalLM",
             mlp_bias=bool(cfg.get("mlp_bias") or False),
-            sliding_windows=_sliding_windows(cfg, arch, num_layers),
+            sliding_windows=layer_windows(cfg),
         )
-
-
-def _sliding_windows(cfg: dict[str, Any], arch: str, num_layers: int) -> list[int | None]:
-    """Per-layer window as HF applies it: ``layer_types`` when given, else Mistral's
-    ``sliding_window`` on every layer; otherwise full attention."""
-    window = cfg.get("sliding_window")
-    layer_types = cfg.get("layer_types")
-    if layer_types and window:
-        return [window if t == "sliding_attention" else None for t in layer_types]
-    if arch == "MistralForCausalLM" and window:
-        return [window] * num_layers
-    return [None] * num_layers
 
 
 class LlamaAttention(nn.Module):

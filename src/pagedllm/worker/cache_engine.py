@@ -14,6 +14,9 @@ from dataclasses import dataclass
 
 import torch
 
+from pagedllm.core.kv_cache_spec import KVCacheLayout, build_layout
+from pagedllm.loader.attention_layout import layer_windows
+
 
 @dataclass(slots=True)
 class KVCacheSpec:
@@ -24,11 +27,19 @@ class KVCacheSpec:
     num_kv_heads: int
     head_dim: int
     dtype: torch.dtype
+    # hybrid KV cache (core/kv_cache_spec.py): the page tensor of each layer; layers of
+    # different KV cache groups share tensors. None: one tensor per layer
+    layer_tensor: tuple[int, ...] | None = None
+
+    @property
+    def num_tensors(self) -> int:
+        """Page tensors allocated (``group_size`` of the layout; the layer count without)."""
+        return self.num_layers if self.layer_tensor is None else max(self.layer_tensor) + 1
 
     @property
     def bytes_per_block(self) -> int:
         elem = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * self.num_layers * self.block_size * self.num_kv_heads * self.head_dim * elem
+        return 2 * self.num_tensors * self.block_size * self.num_kv_heads * self.head_dim * elem
 
     def num_blocks_for(self, num_bytes: int) -> int:
         """How many whole blocks fit in ``num_bytes``."""
@@ -53,14 +64,18 @@ class CacheEngine:
         shape = (2, num_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
         # zeros, not empty: a padded attention row may read a page nobody wrote yet, and
         # garbage there could be NaN, which masking by -inf does not remove from a matmul.
-        self.kv_caches = [
-            torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_layers)
+        self.page_tensors = [
+            torch.zeros(shape, dtype=spec.dtype, device=device) for _ in range(spec.num_tensors)
         ]
+        # per layer (aliases: a block id names one page in every tensor, used by the layers
+        # of whichever KV cache group holds the block)
+        slots = spec.layer_tensor or tuple(range(spec.num_layers))
+        self.kv_caches = [self.page_tensors[j] for j in slots]
         cpu_shape = (2, num_cpu_blocks, spec.block_size, spec.num_kv_heads, spec.head_dim)
         pin = device.type == "cuda"
         self.cpu_caches = [
             torch.zeros(cpu_shape, dtype=spec.dtype, pin_memory=pin)
-            for _ in range(spec.num_layers if num_cpu_blocks > 0 else 0)
+            for _ in range(spec.num_tensors if num_cpu_blocks > 0 else 0)
         ]
 
     def swap_out(self, pairs: Sequence[tuple[int, int]]) -> None:
@@ -69,7 +84,7 @@ class CacheEngine:
             return
         src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
         dst = torch.tensor([p[1] for p in pairs], dtype=torch.long)
-        for gpu, cpu in zip(self.kv_caches, self.cpu_caches, strict=True):
+        for gpu, cpu in zip(self.page_tensors, self.cpu_caches, strict=True):
             cpu[:, dst] = gpu[:, src].to("cpu", non_blocking=False)
 
     def swap_in(self, pairs: Sequence[tuple[int, int]]) -> None:
@@ -79,7 +94,7 @@ class CacheEngine:
         src = torch.tensor([p[0] for p in pairs], dtype=torch.long)
         dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
         pin = self.device.type == "cuda"
-        for gpu, cpu in zip(self.kv_caches, self.cpu_caches, strict=True):
+        for gpu, cpu in zip(self.page_tensors, self.cpu_caches, strict=True):
             staged = cpu[:, src]
             if pin:
                 staged = staged.pin_memory()
@@ -119,5 +134,10 @@ class CacheEngine:
             return
         src = torch.tensor([p[0] for p in pairs], dtype=torch.long, device=self.device)
         dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
-        for cache in self.kv_caches:
+        for cache in self.page_tensors:
             cache[:, dst] = cache[:, src]
+
+
+def kv_cache_layout(hf_config: dict, disable_hybrid: bool = False) -> KVCacheLayout:
+    """The KV cache groups of a model (by its per-layer sliding windows)."""
+    return build_layout(layer_windows(hf_config), disable_hybrid)

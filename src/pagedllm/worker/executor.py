@@ -38,6 +38,7 @@ from pagedllm.loader import ModelSource
 from pagedllm.parallel.protocol import DriverLogits
 from pagedllm.parallel.sharding import check_tensor_parallel
 from pagedllm.parallel.state import default_backend, destroy_tensor_parallel, init_tensor_parallel
+from pagedllm.structured.manager import StructuredOutputManager
 from pagedllm.worker import tp_worker
 from pagedllm.worker.cache_engine import KVCacheSpec
 from pagedllm.worker.device import resolve_device
@@ -56,6 +57,7 @@ class Executor(Protocol):
     kv_spec: KVCacheSpec
     device: torch.device
     dtype: torch.dtype  # the model's
+    structured: StructuredOutputManager  # grammar matchers (the engine validates through it)
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """(device blocks, CPU swap blocks) the pool may have."""
@@ -238,6 +240,10 @@ class TensorParallelExecutor:
     @property
     def dtype(self) -> torch.dtype:
         return self.driver.dtype
+
+    @property
+    def structured(self) -> StructuredOutputManager:
+        return self.driver.structured  # rank 0 samples, so rank 0 holds the grammar matchers
 
     def determine_num_blocks(self) -> tuple[int, int]:
         """Every rank sizes its own pool (GPUs profile together); rank 0 takes the minimum."""

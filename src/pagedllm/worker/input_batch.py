@@ -24,6 +24,8 @@ class ModelInputs:
     positions: torch.Tensor  # [T] int64
     metadata: AttentionMetadata
     query_start: list[int]  # row offset of scheduled request i (len = num_scheduled + 1)
+    # hybrid KV cache: one metadata per KV cache group (group 0's is `metadata`)
+    group_metadata: list[AttentionMetadata] | None = None
 
 
 def prepare_inputs(output: SchedulerOutput, block_size: int, device: torch.device) -> ModelInputs:
@@ -40,12 +42,21 @@ def prepare_inputs(output: SchedulerOutput, block_size: int, device: torch.devic
         positions.extend(range(sched.start_position, sched.start_position + n))
         query_lens.append(n)
         seq_lens.append(sched.start_position + n)
-        block_tables.append(sched.block_table)
+        block_tables.append(sched.block_table)  # group 0's
         query_start.append(query_start[-1] + n)
     metadata = build_metadata(query_lens, seq_lens, block_tables, block_size, device)
+    group_metadata = None
+    first = output.scheduled[0] if output.scheduled else None
+    if first is not None and first.group_block_tables is not None:
+        # the same rows and lengths; each group's own tables (null block in freed slots)
+        group_metadata = [metadata]
+        for g in range(1, len(first.group_block_tables)):
+            tables = [s.group_block_tables[g] for s in output.scheduled]
+            group_metadata.append(build_metadata(query_lens, seq_lens, tables, block_size, device))
     return ModelInputs(
         input_ids=to_device(input_ids, torch.long, device),
         positions=to_device(positions, torch.long, device),
         metadata=metadata,
         query_start=query_start,
+        group_metadata=group_metadata,
     )

@@ -20,8 +20,9 @@ from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import SchedulerOutput
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
+from pagedllm.structured.manager import StructuredOutputManager
 from pagedllm.worker import kv_sizing, warmup
-from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
+from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec, kv_cache_layout
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
 from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
@@ -46,17 +47,28 @@ class ModelRunner:
         self.vocab_size = int(source.hf_config["vocab_size"])
         self.block_size = config.cache.block_size
         cache_dtype = self.dtype if config.cache.cache_dtype == "auto" else _dtype(config)
+        # KV cache groups by attention type (core/kv_cache_spec.py); the engine builds the
+        # same layout for the scheduler
+        self.kv_layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
+        slots = self.kv_layout.layer_slots(self.model.num_layers)
+        self.layer_group = [g for g, _ in slots]
         self.kv_spec = KVCacheSpec(
             num_layers=self.model.num_layers,
             block_size=self.block_size,
             num_kv_heads=self.model.num_kv_heads,
             head_dim=self.model.head_dim,
             dtype=cache_dtype,
+            layer_tensor=tuple(j for _, j in slots) if self.kv_layout.num_groups > 1 else None,
         )
         self.backend = self._make_backend()
+        # grammar matchers of constrained sequences (the engine validates through it too)
+        self.structured = StructuredOutputManager(source.tokenizer, self.vocab_size)
         # through the model attribute: tensor parallelism swaps compute_logits after init_cache
         self.rows = RowSampler(
-            lambda hidden: self.model.compute_logits(hidden), self.device, self.vocab_size
+            lambda hidden: self.model.compute_logits(hidden),
+            self.device,
+            self.vocab_size,
+            self.structured,
         )
         self.cache: CacheEngine | None = None
         self.graphs: CudaGraphRunner | None = None
@@ -143,11 +155,14 @@ class ModelRunner:
         meta = inputs.metadata
         if (
             self.graphs is not None
+            and inputs.group_metadata is None  # hybrid KV groups run eagerly (no graphs yet)
             and meta.num_decodes == meta.num_seqs
             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)
         ):
             return self.graphs.run(inputs.input_ids, inputs.positions, meta)
-        context = ForwardContext(meta, self.cache.kv_caches, self.backend)
+        context = ForwardContext(
+            meta, self.cache.kv_caches, self.backend, inputs.group_metadata, self.layer_group
+        )
         with set_forward_context(context):
             return self.model(inputs.input_ids, inputs.positions)
 
@@ -173,6 +188,7 @@ class ModelRunner:
     def release(self, request_ids: Sequence[str]) -> None:
         """Forget per-request state (seeded generators) of finished requests."""
         self.rows.release(request_ids)
+        self.structured.release(request_ids)
 
     def shutdown(self) -> None:
         """Nothing to stop on one device (the ``Executor`` protocol's hook)."""

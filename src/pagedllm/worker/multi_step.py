@@ -12,6 +12,7 @@ import dataclasses
 
 import torch
 
+from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.core.scheduler_output import SchedulerOutput
 from pagedllm.transfer import to_device
 from pagedllm.worker.input_batch import ModelInputs
@@ -21,20 +22,27 @@ def advance_decode_inputs(
     inputs: ModelInputs, next_ids: torch.Tensor, block_size: int
 ) -> ModelInputs:
     """The inputs of the next decode step of the same requests (one token each)."""
-    meta = inputs.metadata
     positions = inputs.positions + 1
+    metadata = _advance(inputs.metadata, positions, block_size)
+    groups = inputs.group_metadata
+    if groups is not None:  # hybrid KV cache: every group's slots come from its own tables
+        groups = [metadata] + [_advance(m, positions, block_size) for m in groups[1:]]
+    return ModelInputs(next_ids, positions, metadata, inputs.query_start, groups)
+
+
+def _advance(meta: AttentionMetadata, positions: torch.Tensor, block_size: int):  # noqa: ANN202
+    """``meta`` one token further: new slots from the block tables, lengths + 1."""
     cols = torch.div(positions, block_size, rounding_mode="floor")
     blocks = meta.block_tables.gather(1, cols[:, None]).squeeze(1).to(torch.long)
     slots = blocks * block_size + positions % block_size
     seq_lens_cpu = None if meta.seq_lens_cpu is None else [n + 1 for n in meta.seq_lens_cpu]
-    metadata = dataclasses.replace(
+    return dataclasses.replace(
         meta,
         slot_mapping=slots,
         seq_lens=meta.seq_lens + 1,
         max_seq_len=meta.max_seq_len + 1,
         seq_lens_cpu=seq_lens_cpu,
     )
-    return ModelInputs(next_ids, positions, metadata, inputs.query_start)
 
 
 def inputs_from_prev(

@@ -18,6 +18,7 @@ from pagedllm.core.request import Request
 from pagedllm.core.scheduler_output import SchedulerOutput
 from pagedllm.layers.sampler import Sampler, SamplingBatch, compute_prompt_logprobs
 from pagedllm.step_result import StepResult
+from pagedllm.structured.manager import StructuredOutputManager
 from pagedllm.transfer import to_device
 from pagedllm.worker.input_batch import ModelInputs
 from pagedllm.worker.pending import PendingStep
@@ -31,8 +32,10 @@ class RowSampler:
         compute_logits: Callable[[torch.Tensor], torch.Tensor],
         device: torch.device,
         vocab_size: int,
+        structured: StructuredOutputManager,
     ) -> None:
         self.compute_logits = compute_logits
+        self.structured = structured
         self.device = device
         self.vocab_size = vocab_size
         self.sampler = Sampler()
@@ -52,6 +55,11 @@ class RowSampler:
             banned_token_ids=[_banned_tokens(r) for r in rows],
             device=self.device,
             vocab_size=self.vocab_size,
+            grammar_bitmask=self.structured.bitmask(
+                ids,
+                [r.sampling_params.structured_output for r in rows],
+                [r.output_token_ids for r in rows],
+            ),
         )
         beams = [r.num_beam_candidates for r in rows]
         if any(beams):

@@ -51,12 +51,24 @@ def build_app(
     served_model_names: list[str] | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     drain_timeout: float = 30.0,
+    tool_call_parser: str | None = None,
 ) -> FastAPI:
-    """The ASGI app over a (not yet started) async engine; the engine thread starts with it."""
+    """The ASGI app over a (not yet started) async engine; the engine thread starts with it.
+
+    ``tool_call_parser`` (``"hermes"``) turns on ``tool_choice="auto"``."""
+    if tool_call_parser is not None:
+        from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
+
+        get_tool_parser(tool_call_parser)  # ValueError for an unknown name
     names = served_model_names or [async_engine.model_name]
     if async_engine.metrics is None:
         async_engine.metrics = ServerMetrics(names[0])
-    state = ServerState(engine=async_engine, served_model_names=names, metrics=async_engine.metrics)
+    state = ServerState(
+        engine=async_engine,
+        served_model_names=names,
+        metrics=async_engine.metrics,
+        tool_call_parser=tool_call_parser,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -164,6 +176,12 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the model name the API reports and accepts (default: the file's)",
     )
+    parser.add_argument(
+        "--tool-call-parser",
+        default=None,
+        choices=["hermes"],
+        help='parse <tool_call> blocks into tool_calls; needed for tool_choice "auto"',
+    )
     add_engine_args(parser)
 
 
@@ -190,6 +208,7 @@ def run_server(args: argparse.Namespace) -> int:
         served_model_names=names,
         max_body_bytes=args.max_request_body,
         drain_timeout=args.shutdown_timeout,
+        tool_call_parser=args.tool_call_parser,
     )
     sock = socket.socket(socket.AF_INET6 if ":" in args.host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -37,6 +37,7 @@ class ServerState:
     engine: AsyncLLMEngine
     served_model_names: list[str]
     metrics: ServerMetrics
+    tool_call_parser: str | None = None  # --tool-call-parser: enables tool_choice "auto"
     _token_strings: dict[int, str] = field(default_factory=dict)
 
     @property

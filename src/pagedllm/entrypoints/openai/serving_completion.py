@@ -15,7 +15,6 @@ from pagedllm.entrypoints.openai.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    UsageInfo,
     random_id,
 )
 from pagedllm.entrypoints.openai.serving_base import (
@@ -30,6 +29,7 @@ from pagedllm.entrypoints.openai.serving_base import (
     unless_disconnected,
     usage_counts,
 )
+from pagedllm.entrypoints.openai.serving_chat import refuse_unsupported, usage_info
 
 
 def normalize_prompts(prompt: object) -> list[tuple[str | None, list[int] | None]]:
@@ -84,6 +84,7 @@ async def create_completion(
     body: CompletionRequest, state: ServerState, raw: Request
 ) -> JSONResponse | StreamingResponse:
     model = state.check_model(body.model)
+    refuse_unsupported(body)
     if body.suffix:
         raise APIError(400, "suffix is not supported", param="suffix")
     if body.best_of is not None and body.best_of != body.n:
@@ -134,11 +135,7 @@ def _response(
                 )
             )
     prompt_tokens, completion_tokens = usage_counts(outputs)
-    usage = UsageInfo(
-        prompt_tokens=prompt_tokens,
-        completion_tokens=completion_tokens,
-        total_tokens=prompt_tokens + completion_tokens,
-    )
+    usage = usage_info(prompt_tokens, completion_tokens, outputs)
     return CompletionResponse(id=request_id, model=model, choices=choices, usage=usage)
 
 
@@ -161,8 +158,10 @@ async def _stream(
     builders: dict[int, CompletionLogprobBuilder] = {}
     prompt_tokens = completion_tokens = 0
     echoed: set[int] = set()
+    latest: dict[int, RequestOutput] = {}
     try:
         async for p, out in merge_streams(streams):
+            latest[p] = out
             if p not in echoed:
                 echoed.add(p)
                 prompt_tokens += len(out.prompt_token_ids)
@@ -189,11 +188,7 @@ async def _stream(
                 )
                 yield sse(CompletionResponse(id=request_id, model=model, choices=[choice]))
         if include_usage:
-            usage = UsageInfo(
-                prompt_tokens=prompt_tokens,
-                completion_tokens=completion_tokens,
-                total_tokens=prompt_tokens + completion_tokens,
-            )
+            usage = usage_info(prompt_tokens, completion_tokens, list(latest.values()))
             yield sse(CompletionResponse(id=request_id, model=model, choices=[], usage=usage))
     except Exception as exc:  # noqa: BLE001 - reported in-stream: the headers are already sent
         yield sse_error(exc)

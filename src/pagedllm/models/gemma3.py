@@ -1,0 +1,45 @@
+"""Gemma 3 text (``Gemma3ForCausalLM``): Gemma 2's blocks with q/k norms and two rope bases.
+
+Five local (sliding-window) layers per global one by default (``layer_types``, or the older
+``sliding_window_pattern``); local layers use ``rope_local_base_freq`` (10k), global ones
+``rope_theta`` (1M) plus any rope scaling. q and k are RMS-normalized per head (``1 + weight``)
+before RoPE. Soft-capping is off unless the config sets it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from pagedllm.models.gemma2 import Gemma2ForCausalLM, GemmaAttention, GemmaRMSNorm
+from pagedllm.models.llama import ModelArgs
+
+
+class Gemma3Attention(GemmaAttention):
+    """Gemma attention with ``q_norm``/``k_norm`` over each head's ``head_dim`` values."""
+
+    def __init__(
+        self,
+        args: ModelArgs,
+        layer_idx: int,
+        dtype: torch.dtype,
+        device: Any,
+        cfg: dict[str, Any],
+        rope_bases: dict[str, float],
+    ) -> None:
+        super().__init__(args, layer_idx, dtype, device, cfg, rope_bases)
+        self.q_norm = GemmaRMSNorm(args.head_dim, args.rms_norm_eps, dtype, device)
+        self.k_norm = GemmaRMSNorm(args.head_dim, args.rms_norm_eps, dtype, device)
+
+    def qk_transform(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = q.shape[0]
+        q = self.q_norm(q.view(n, self.num_heads, self.head_dim)).view(n, self.q_size)
+        k = self.k_norm(k.view(n, self.num_kv_heads, self.head_dim)).view(n, self.kv_size)
+        return q, k
+
+
+class Gemma3ForCausalLM(Gemma2ForCausalLM):
+    """Gemma 3 text causal LM."""
+
+    attention_cls = Gemma3Attention
