@@ -242,6 +242,11 @@ class TensorParallelExecutor:
         return self.driver.dtype
 
     @property
+    def model(self) -> torch.nn.Module:
+        """Rank 0's shard of the model (for inspection; the engine never uses it)."""
+        return self.driver.model
+
+    @property
     def structured(self) -> StructuredOutputManager:
         return self.driver.structured  # rank 0 samples, so rank 0 holds the grammar matchers
 
