@@ -1,12 +1,15 @@
 """What the scheduler hands the model runner each step: plain data, no behaviour.
 
-The runner applies ``blocks_to_swap_out``, then ``blocks_to_copy``, then ``blocks_to_swap_in``,
+The scheduler's plan is everything a step needs: rows, forks, cache moves and the requests the
+rows belong to. The runner applies ``blocks_to_swap_out``, then ``blocks_to_copy``, then ``blocks_to_swap_in``,
 then runs the forward over ``scheduled`` (decodes first).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from pagedllm.core.request import Request
 
 
 @dataclass(slots=True)
@@ -23,6 +26,9 @@ class ScheduledRequest:
     # async scheduling: the input token is the one sampled for row `prev_row` of the previous,
     # still running round (token_ids holds a placeholder); None: token_ids are the inputs
     prev_row: int | None = None
+    # samples 1..n-1 of an n > 1 request, forked off this row when its prompt completes: each
+    # samples its first token from this row's logits (a row of its own in the step's tokens)
+    fork_ids: list[str] = field(default_factory=list)
     # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group
     group_block_tables: list[list[int]] | None = None
 
@@ -44,6 +50,19 @@ class SchedulerOutput:
     finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
     num_decodes: int = 0  # the first num_decodes entries of `scheduled` are 1-token decodes
     num_steps: int = 1  # > 1: every request is a decode, run that many steps back to back
+    # the Request of every scheduled row and fork child (rank 0 reads sampling parameters and
+    # histories from them; tensor-parallel workers get the plan without them)
+    requests: dict[str, Request] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to run and no page to move (a plan with moves only must still be executed:
+        e.g. a waiting beam swapped out to make room)."""
+        return not (
+            self.scheduled or self.blocks_to_copy or self.blocks_to_swap_in
+            or self.blocks_to_swap_out
+        )  # fmt: skip
+
     # requests whose pages this step's swap copies move: if the step fails, they fail with it
     swapped_in_ids: list[str] = field(default_factory=list)
     swapped_out_ids: list[str] = field(default_factory=list)
