@@ -108,7 +108,7 @@ def simulate_paged(
             sat.append(sched.num_waiting > 0)
             real_sum += stored
             reserved_sum += reserved
-        sched.update_from_output(out, {s.request_id: 7 for s in out.scheduled if s.sample})
+        sched.update_from_output(out, {s.request_id: [7] for s in out.scheduled if s.sample})
     assert kv.num_free_blocks == kv.num_blocks
     return _summary(util, real_sum, reserved_sum, batch, sat, preemptions=sched.num_preemptions)
 

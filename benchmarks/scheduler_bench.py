@@ -44,7 +44,7 @@ def main() -> None:
         t0 = time.perf_counter()
         out = sched.schedule()
         t1 = time.perf_counter()
-        sampled = {s.request_id: 7 for s in out.scheduled if s.sample}  # the "model": untimed
+        sampled = {s.request_id: [7] for s in out.scheduled if s.sample}  # the "model": untimed
         t2 = time.perf_counter()
         sched.update_from_output(out, sampled)
         t3 = time.perf_counter()

@@ -19,8 +19,9 @@ SCHEMAS = [
      "required": ["color"], "additionalProperties": False},
     {"type": "object", "properties": {"tags": {"type": "array", "items": NAME, "minItems": 1,
      "maxItems": 3}}, "required": ["tags"], "additionalProperties": False},
+    # multipleOf bounds the digits: an unbounded number lets a small model ramble "1.2500000..."
     {"type": "object", "properties": {"price": {"type": "number", "minimum": 0.5,
-     "maximum": 99}}, "required": ["price"], "additionalProperties": False},
+     "maximum": 99, "multipleOf": 0.01}}, "required": ["price"], "additionalProperties": False},
     {"type": "object", "properties": {"user": {"type": "object", "properties": {"id": {
      "type": "integer", "minimum": 1, "maximum": 9999}, "email": NAME}, "required": ["id",
      "email"], "additionalProperties": False}}, "required": ["user"],

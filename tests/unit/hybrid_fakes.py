@@ -31,7 +31,7 @@ class HybridFakeRunner(FakeRunner):
     def _tables(self, sr) -> list[list[int]]:  # noqa: ANN001
         return sr.group_block_tables or [sr.block_table]
 
-    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, int]:
+    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
         for dev, cpu in out.blocks_to_swap_out:
             self._copy(self.kv, dev, self.cpu, cpu)
         for src, dst in out.blocks_to_copy:
@@ -73,7 +73,7 @@ class HybridFakeRunner(FakeRunner):
                         self.kv[self.slot(table, pos)] = (g, tokens[-1])
                     seq = [*seq, tokens[-1]]
                     tokens.append(next_token(seq))
-                sampled[sr.request_id] = tokens if out.num_steps > 1 else tokens[0]
+                sampled[sr.request_id] = tokens  # [k] tokens per row (the step contract)
         self.prev_steps = out.num_steps
         return sampled
 

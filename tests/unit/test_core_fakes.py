@@ -110,7 +110,7 @@ class FakeRunner:
     def slot(self, table: list[int], pos: int) -> int:
         return table[pos // self.bs] * self.bs + pos % self.bs
 
-    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, int]:
+    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
         # the documented order (core/scheduler_output.py)
         for page, name in out.disk_writes:
             self._copy(self.cpu, page, self.disk.setdefault(name, {}), 0)
@@ -152,7 +152,9 @@ class FakeRunner:
             if sr.sample and out.num_steps > 1:
                 sampled[sr.request_id] = self._decode_steps(sr, seq, out.num_steps, pool)
             elif sr.sample:
-                sampled[sr.request_id] = next_token(seq)
+                sampled[sr.request_id] = [next_token(seq)]
+            for child_id in sr.fork_ids:  # forks sample from their parent's row
+                sampled[child_id] = [next_token(seq)]
         return sampled
 
     def _decode_steps(self, sr, seq: list[int], num_steps: int, pool) -> list[int]:  # noqa: ANN001
@@ -212,7 +214,7 @@ def run_async(sched: Scheduler, runner: FakeRunner, max_steps: int = 1000) -> di
         if following is not None:
             for sr in following.scheduled:
                 tokens = sampled[out.scheduled[sr.prev_row].request_id]
-                sr.token_ids = [tokens[-1] if isinstance(tokens, list) else tokens]
+                sr.token_ids = [tokens[-1]]
             in_flight = (following, runner.execute(following, sched))
     raise AssertionError(f"requests still unfinished after {max_steps} steps")
 

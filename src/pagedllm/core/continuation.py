@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 from pagedllm.config import SchedulerConfig
 from pagedllm.core.kv_cache_manager import KVCacheManager
-from pagedllm.core.multi_step import plain_sampling
+from pagedllm.core.multi_step import plain_decode_round, plain_sampling
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler_output import ScheduledRequest, SchedulerOutput
 
@@ -45,7 +45,7 @@ def plan_continuation(
     """The decode round that follows the in-flight ``prev``, or ``None`` if not predictable.
 
     Allocates the slots it needs (never preempts; a copy-on-write of a shared block is not
-    counted in advance, as in ``multi_step_count``). Each scheduled request's ``prev_row`` is its
+    counted in advance, as in ``plain_decode_round``). Each scheduled request's ``prev_row`` is its
     row in ``prev``, whose sampled token becomes its input on the device; its ``token_ids``
     hold a placeholder until then. ``num_queued`` counts waiting and swapped requests: they are
     admitted by ordinary scheduling, so any of them stops continuations.
@@ -62,8 +62,6 @@ def plan_continuation(
         if req.num_computed_tokens != sched.start_position or not sched.sample:
             return None  # prev's results were already applied, or it is not a decode
         in_prev.add(req.request_id)
-        if not plain_sampling(req):
-            return None
         if req.num_output_tokens + k_prev >= req.max_tokens:
             continue  # stops by length within prev
         if req.num_tokens + k_prev >= config.max_model_len:
@@ -71,8 +69,11 @@ def plan_continuation(
         rows.append((row, req))
     if not rows or any(r.request_id not in in_prev for r in running):
         return None
-    k = _round_steps(config, rows, k_prev)
-    if not _blocks_fit(rows, kv, k_prev + k):
+    if not all(plain_sampling(requests[s.request_id]) for s in prev.scheduled
+               if s.request_id in in_prev):  # fmt: skip
+        return None
+    k = plain_decode_round(config, [req for _, req in rows], kv, in_flight=k_prev)
+    if k == 0:
         return None
     out = SchedulerOutput(num_steps=k)
     for row, req in rows:
@@ -93,24 +94,8 @@ def plan_continuation(
                 group_block_tables=kv.group_block_tables(req.request_id),
             )
         )
+        out.requests[req.request_id] = req
     out.blocks_to_copy = kv.take_blocks_to_copy()
     out.num_decodes = len(out.scheduled)
     out.num_batched_tokens = out.num_decodes
     return out
-
-
-def _round_steps(config: SchedulerConfig, rows: list[tuple[int, Request]], k_prev: int) -> int:
-    """``num_scheduler_steps`` when every request has room for them, else single steps."""
-    k = config.num_scheduler_steps
-    if k > 1 and len(rows) > min(config.max_num_seqs, config.max_num_batched_tokens):
-        return 1
-    for _, req in rows:
-        if req.num_tokens + k_prev + k - 1 > config.max_model_len:
-            return 1
-    return k
-
-
-def _blocks_fit(rows: list[tuple[int, Request]], kv: KVCacheManager, ahead: int) -> bool:
-    """True when the free pool holds every block the continuation's slots need."""
-    need = sum(kv.num_blocks_to_extend(req, req.num_computed_tokens + ahead) for _, req in rows)
-    return need <= kv.num_free_blocks

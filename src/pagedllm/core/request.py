@@ -76,6 +76,12 @@ class Request:
     stop_reason: int | str | None = None  # the stop token id or stop string that ended it
     parent_id: str | None = None  # set on forked children of an n > 1 request
     sample_index: int = 0  # which of the n samples this is
+    # sequences this request grows to (n samples or beam width): admission reserves them all
+    # against max_num_seqs, so forks never overrun it
+    group_width: int = 1
+    # > 0 for a beam: each step returns this many top logprobs and the token is appended by the
+    # engine's beam search (``Scheduler.append_token``), not by ``update_from_output``
+    num_beam_candidates: int = 0
     # timing (monotonic seconds), filled by the scheduler/engine
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from pagedllm.config import CacheConfig, PreemptionMode, SchedulerConfig
@@ -38,11 +38,12 @@ from pagedllm.core.multi_step import multi_step_count
 from pagedllm.core.preemption import PreemptionCosts
 from pagedllm.core.request import Request, RequestStatus
 from pagedllm.core.scheduler_output import ScheduledRequest, SchedulerOutput
+from pagedllm.core.seq_groups import SeqCount, SequenceGroups, tokens_of
 
 __all__ = ["ScheduledRequest", "Scheduler", "SchedulerOutput"]
 
 
-class Scheduler:
+class Scheduler(SequenceGroups):
     """Decides what runs each step and owns every request's status."""
 
     def __init__(
@@ -86,6 +87,8 @@ class Scheduler:
         self.preemption_costs = PreemptionCosts()
         self._step_started: float | None = None
         self._finished_ids: list[str] = []
+        # samples 1..n-1 of an n > 1 request, until its prompt completes and they fork
+        self._unforked: dict[str, list[Request]] = {}
         self._next_step_id = 1
         # step_id -> the prefix-cache registrations made by that plan, until it succeeds or fails
         self._provisional: dict[int, list] = {}
@@ -112,14 +115,28 @@ class Scheduler:
         return self.requests[request_id]
 
     # ---------------------------------------------------------------- intake
-    def add_request(self, request: Request) -> None:
-        """Queue a new request (FCFS). ValueError: duplicate id, or it could never fit."""
+    def add_request(self, request: Request, forks: Sequence[Request] = ()) -> None:
+        """Queue a new request (FCFS). ValueError: duplicate id, or it could never fit.
+
+        ``forks`` (samples 1..n-1 of an n > 1 request) fork off ``request`` in the step that
+        completes its prompt: that step's plan lists them in the row's ``fork_ids``, they sample
+        their first token from the row's logits, and ``update_from_output`` forks them.
+        """
         if request.request_id in self.requests:
             raise ValueError(f"request id {request.request_id!r} is already in use")
+        width = max(request.group_width, 1 + len(forks))
+        if width > self.config.max_num_seqs:
+            raise ValueError(
+                f"request {request.request_id!r} needs {width} sequences (n or beam width) but "
+                f"max_num_seqs is {self.config.max_num_seqs}: lower n or raise max_num_seqs"
+            )
         self._check_fits(request)
+        request.group_width = width
         request.status = RequestStatus.WAITING
         self.requests[request.request_id] = request
         self.waiting.append(request)
+        if forks:
+            self._unforked[request.request_id] = list(forks)
 
     def _check_fits(self, request: Request) -> None:
         """Reject a request that no amount of waiting would let run."""
@@ -142,40 +159,6 @@ class Scheduler:
                 f"{self.kv_manager.num_blocks}: lower max_tokens, shorten the prompt, or give "
                 "the KV cache more memory"
             )
-
-    def fork_request(
-        self, parent_id: str, child: Request, num_computed_tokens: int | None = None
-    ) -> None:
-        """Add ``child`` (a sample of an n > 1 request) sharing its parent's blocks.
-
-        The child's tokens must start with the parent's computed tokens; it starts with the
-        parent's ``num_computed_tokens``, or with ``num_computed_tokens`` when the engine forks
-        between a step's forward and ``update_from_output`` (the parent's blocks already hold
-        the KV of the step's tokens then). A parent that holds no blocks (waiting, preempted,
-        swapped) cannot share: the child is then queued like a new request.
-        """
-        parent = self.requests.get(parent_id)
-        if parent is None:
-            raise ValueError(f"cannot fork unknown or finished request {parent_id!r}")
-        if child.request_id in self.requests:
-            raise ValueError(f"request id {child.request_id!r} is already in use")
-        self._check_fits(child)
-        n = parent.num_computed_tokens if num_computed_tokens is None else num_computed_tokens
-        if parent.status != RequestStatus.RUNNING or n == 0:
-            child.num_computed_tokens = 0
-            self.add_request(child)
-            return
-        if child.all_token_ids[:n] != parent.all_token_ids[:n] or child.num_tokens <= n:
-            raise ValueError(
-                f"child {child.request_id!r} must extend the parent's {n} computed tokens"
-            )
-        self.kv_manager.fork(parent, child)
-        child.num_computed_tokens = n
-        child.status = RequestStatus.RUNNING
-        child.parent_id = child.parent_id or parent_id
-        child.first_scheduled_time = parent.first_scheduled_time
-        self.requests[child.request_id] = child
-        self.running.append(child)
 
     # ------------------------------------------------------------- finishing
     def finish_requests(self, request_ids: str | Iterable[str], status: RequestStatus) -> None:
@@ -208,6 +191,8 @@ class Scheduler:
         request.status = status
         request.finished_time = time.monotonic()
         self.kv_manager.free(request)
+        for child in self._unforked.pop(request.request_id, ()):
+            child.status = status  # never forked: they end with their parent
         del self.requests[request.request_id]
         self._finished_ids.append(request.request_id)
 
@@ -229,6 +214,8 @@ class Scheduler:
             # admitting right after a preemption would only thrash
             self._swap_in(step)
             self._admit_waiting(step)
+        if not step.decodes and not step.prefills and (self.waiting or self.swapped):
+            self._release_held(step)
         out.blocks_to_copy = self.kv_manager.take_blocks_to_copy()
         self._track_registrations(out)
         out.num_decodes = len(step.decodes)
@@ -251,6 +238,23 @@ class Scheduler:
             out.finished_ids, self._finished_ids = self._finished_ids, []
             self._track_registrations(out)
         return out
+
+    def _release_held(self, step: _Step) -> None:
+        """Nothing could run, and requests wait: if a running beam is only holding pages while
+        it waits for its siblings' reports, preempt it so they can come in (its report is
+        kept), then try again. Without this, held beams and queued siblings deadlock."""
+        held = [r for r in self.running if r.num_computed_tokens == r.num_tokens]
+        # not after a swap-in this step: a swap-out now could take the CPU pages it freed, and
+        # the runner copies every swap-out before any swap-in
+        if held and not step.out.blocks_to_swap_in:
+            victim = held[-1]
+            self._preempt(victim, step)
+            if victim.status == RequestStatus.PREEMPTED:
+                # behind the requests it waits for, or it would be re-admitted at once
+                self.waiting.remove(victim)
+                self.waiting.append(victim)
+            self._swap_in(step)
+            self._admit_waiting(step)
 
     def _track_registrations(self, out: SchedulerOutput) -> None:
         """Number the plan and keep the prefix-cache registrations it made until it ends."""
@@ -289,8 +293,8 @@ class Scheduler:
             if step.budget == 0 or step.seqs_left == 0:
                 break
             remaining = req.num_tokens - req.num_computed_tokens
-            if remaining == 1 or (remaining > step.budget and not chunked):
-                continue
+            if remaining <= 1 or (remaining > step.budget and not chunked):
+                continue  # a decode (planned above), or a beam waiting for its token
             n = min(remaining, step.budget)
             plan[req.request_id] = n
             step.budget -= n
@@ -367,8 +371,10 @@ class Scheduler:
             req.status = RequestStatus.RUNNING
             self.running.append(req)
             remaining = req.num_tokens - req.num_computed_tokens
-            if remaining > step.budget and not self.config.enable_chunked_prefill:
-                continue  # runs next step
+            if remaining == 0 or (
+                remaining > step.budget and not self.config.enable_chunked_prefill
+            ):
+                continue  # a beam waiting for its token, or it runs next step
             n = min(remaining, step.budget)
             if kv.allocate_slots(req, n):
                 self._emit(req, n, step)
@@ -378,8 +384,11 @@ class Scheduler:
     def _admit_waiting(self, step: _Step) -> None:
         """Admit waiting requests FCFS, with their prefix-cache hits, above the watermark."""
         kv = self.kv_manager
+        seqs = SeqCount(self.running)
         while self.waiting and step.seqs_left > 0 and step.budget > 0:
             req = self.waiting[0]
+            if self.running and seqs.total_with(req) > self.config.max_num_seqs:
+                return  # its forks or beams would overrun max_num_seqs
             hits, num_hit = kv.get_computed_blocks(req)
             n = req.num_tokens - num_hit
             if n > step.budget:
@@ -395,6 +404,7 @@ class Scheduler:
                 req.num_cached_tokens = num_hit
             req.status = RequestStatus.RUNNING
             self.running.append(req)
+            seqs.add(req)
             self._emit(req, n, step)
             step.budget -= n
             step.seqs_left -= 1
@@ -412,6 +422,11 @@ class Scheduler:
             req.sampling_params.prompt_logprobs is not None,
             group_block_tables=self.kv_manager.group_block_tables(req.request_id),
         )
+        step.out.requests[req.request_id] = req
+        if sample and req.request_id in self._unforked:
+            for child in self._unforked[req.request_id]:
+                scheduled.fork_ids.append(child.request_id)
+                step.out.requests[child.request_id] = child
         if n == 1 and start > 0 and sample:
             step.decodes.append(scheduled)
         else:
@@ -421,14 +436,17 @@ class Scheduler:
         return scheduled
 
     def update_from_output(
-        self, output: SchedulerOutput, sampled: dict[str, int | list[int]]
+        self, output: SchedulerOutput, tokens: Mapping[str, Sequence[int]]
     ) -> list[Request]:
         """Apply a step's results; returns the requests that got a token or finished.
 
-        Advances ``num_computed_tokens`` of every scheduled request, appends the sampled token
-        of those whose ``sample`` was True, applies ``Request.check_token_stop`` and frees
-        finished requests. Results of requests aborted since ``schedule`` are ignored; a
-        missing token for a live sampling request raises ValueError.
+        ``tokens`` maps each sampled row (fork children included) to its ``num_steps`` tokens.
+        Advances ``num_computed_tokens`` of every scheduled request, forks the row's
+        ``fork_ids`` (each with its own first token), appends the sampled tokens of rows whose
+        ``sample`` was True (a beam's token comes later, from ``append_token``), applies
+        ``Request.check_token_stop`` and frees finished requests. Results of requests aborted
+        since ``schedule`` are ignored; a missing token for a live sampling row raises
+        ValueError.
         """
         self._provisional.pop(output.step_id, None)  # its KV is written: registrations stand
         if self._step_started is not None:
@@ -436,8 +454,6 @@ class Scheduler:
             prefill = output.num_batched_tokens - output.num_decodes
             self.preemption_costs.observe_step(prefill, output.num_batched_tokens, seconds)
         changed: list[Request] = []
-        any_finished = False
-        max_len = self.config.max_model_len
         running = RequestStatus.RUNNING
         for sr in output.scheduled:
             req = self.requests.get(sr.request_id)
@@ -446,26 +462,29 @@ class Scheduler:
             req.num_computed_tokens += len(sr.token_ids)
             if not sr.sample:
                 continue
-            tokens = sampled.get(sr.request_id)
-            if tokens is None:
-                raise ValueError(f"no sampled token for request {sr.request_id!r}")
-            if isinstance(tokens, int):
-                tokens = (tokens,)
-            for j, token in enumerate(tokens):
+            if sr.fork_ids:
+                changed.extend(self._fork_children(req, tokens_of(tokens, sr.fork_ids)))
+            if req.num_beam_candidates:
+                changed.append(req)  # its candidates go to the engine's beam search
+                continue
+            for j, token in enumerate(tokens_of(tokens, [sr.request_id])[0]):
                 if j:  # multi-step: the previous sampled token was computed by the next step
                     req.num_computed_tokens += 1
                 req.append_output_token(token)
                 if req.first_token_time is None:
                     req.first_token_time = time.monotonic()
-                status = req.check_token_stop(max_len)
-                if status is not None:  # tokens sampled after a stop are dropped
-                    self._finish(req, status)
-                    any_finished = True
-                    break
+                if self._stop_if_done(req):
+                    break  # tokens sampled after a stop are dropped
             changed.append(req)
-        if any_finished:
-            self.running = [r for r in self.running if r.status == running]
+        self.running = [r for r in self.running if r.status == running]
         return changed
+
+    def _stop_if_done(self, req: Request) -> bool:
+        """Finish ``req`` (not yet removed from its queue) if its last token stops it."""
+        status = req.check_token_stop(self.config.max_model_len)
+        if status is not None:
+            self._finish(req, status)
+        return status is not None
 
 
 @dataclass(slots=True)

@@ -1,9 +1,11 @@
 """What the scheduler hands the model runner each step: plain data, no behaviour.
 
-The runner applies, in this order: ``disk_writes`` (host pages spilled to files),
-``blocks_to_swap_out`` and ``blocks_to_offload`` (device -> host), ``disk_reads`` (files -> host
-pages), ``blocks_to_copy``, ``blocks_to_swap_in`` and ``blocks_to_load`` (host -> device),
-``disk_deletes``; then it runs the forward over ``scheduled`` (decodes first). The KV manager
+The scheduler's plan is everything a step needs: rows, forks, cache moves and the requests the
+rows belong to. The runner applies, in this order: ``disk_writes`` (host pages spilled to files);
+``blocks_to_swap_out`` and ``blocks_to_offload`` (device -> host) and ``disk_reads`` (files ->
+host pages; never a page the step writes back into, so either order); ``blocks_to_copy``;
+``blocks_to_swap_in`` and ``blocks_to_load`` (host -> device); ``disk_deletes``; then the
+forward over ``scheduled`` (decodes first). The KV manager
 relies on that order: a device block is written back before anything overwrites it, a host page
 is spilled before it is reused, and a hit is loaded before the forward reads it.
 """
@@ -11,6 +13,8 @@ is spilled before it is reused, and a hit is loaded before the forward reads it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from pagedllm.core.request import Request
 
 
 @dataclass(slots=True)
@@ -27,6 +31,9 @@ class ScheduledRequest:
     # async scheduling: the input token is the one sampled for row `prev_row` of the previous,
     # still running round (token_ids holds a placeholder); None: token_ids are the inputs
     prev_row: int | None = None
+    # samples 1..n-1 of an n > 1 request, forked off this row when its prompt completes: each
+    # samples its first token from this row's logits (a row of its own in the step's tokens)
+    fork_ids: list[str] = field(default_factory=list)
     # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group
     group_block_tables: list[list[int]] | None = None
 
@@ -54,6 +61,19 @@ class SchedulerOutput:
     finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
     num_decodes: int = 0  # the first num_decodes entries of `scheduled` are 1-token decodes
     num_steps: int = 1  # > 1: every request is a decode, run that many steps back to back
+    # the Request of every scheduled row and fork child (rank 0 reads sampling parameters and
+    # histories from them; tensor-parallel workers get the plan without them)
+    requests: dict[str, Request] = field(default_factory=dict)
+
+    @property
+    def is_empty(self) -> bool:
+        """Nothing to run and no page to move (a plan with moves only must still be executed:
+        e.g. a waiting beam swapped out to make room)."""
+        return not (
+            self.scheduled or self.blocks_to_copy or self.blocks_to_swap_in
+            or self.blocks_to_swap_out
+        )  # fmt: skip
+
     # requests whose pages this step's swap copies move: if the step fails, they fail with it
     swapped_in_ids: list[str] = field(default_factory=list)
     swapped_out_ids: list[str] = field(default_factory=list)

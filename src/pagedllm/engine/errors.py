@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from pagedllm.step_result import RequestFailure
 
-
-class RequestFailure(RuntimeError):
-    """Work for particular requests failed (their sampling state, say), not the whole step.
-
-    Raised by the runner with the ids of the requests at fault; the engine fails only those and
-    runs the rest of the step again in the next one.
-    """
-
-    def __init__(self, request_ids: Iterable[str], cause: BaseException) -> None:
-        self.request_ids = list(request_ids)
-        self.cause = cause
-        super().__init__(f"{type(cause).__name__}: {cause}")
+__all__ = [
+    "EngineDeadError",
+    "EngineOverloadedError",
+    "EngineStepError",
+    "RequestFailure",
+    "RequestTimeoutError",
+]
 
 
 class EngineDeadError(RuntimeError):

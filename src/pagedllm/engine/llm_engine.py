@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 from pagedllm.config import EngineConfig, PreemptionMode
 from pagedllm.core.request import Request, RequestStatus
-from pagedllm.core.scheduler import ScheduledRequest, Scheduler, SchedulerOutput
+from pagedllm.core.scheduler import Scheduler, SchedulerOutput
+from pagedllm.engine.beam_group import BeamGroup, start_beam_group
+from pagedllm.engine.beam_search import BeamSearchParams
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.kv_snapshot import take_kv_snapshot
@@ -24,10 +26,10 @@ from pagedllm.engine.request_group import RequestGroup, SampleState
 from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
+from pagedllm.step_result import StepResult
 from pagedllm.worker.cache_engine import kv_cache_layout
 from pagedllm.worker.disk_tier import open_disk_tier
 from pagedllm.worker.executor import create_executor
-from pagedllm.worker.model_runner import ModelOutput
 from pagedllm.worker.pending import PendingStep
 
 logger = logging.getLogger(__name__)
@@ -64,11 +66,9 @@ class EngineStats:
 
 @dataclass(slots=True)
 class _Launched:
-    """A step handed to the runner: its plan, requests, forks and the pending result."""
+    """A step handed to the executor: its plan and the pending result."""
 
-    scheduled: SchedulerOutput
-    requests: dict[str, Request]
-    forks: dict[str, list[Request]]
+    plan: SchedulerOutput
     pending: PendingStep
 
 
@@ -89,16 +89,16 @@ class LLMEngine:
             logger.info("max_model_len capped at the model's %d positions", model_max)
             config.scheduler.max_model_len = model_max
         self.max_model_len = config.scheduler.max_model_len
-        if config.parallel.tensor_parallel_size > 1 and config.scheduler.num_scheduler_steps > 1:
+        single_device = config.parallel.tensor_parallel_size == 1
+        if not single_device and config.scheduler.num_scheduler_steps > 1:
+            # TP workers do not see rank 0's sampled tokens (worker/executor.py)
             logger.info("multi-step decoding is not supported with tensor parallelism: off")
             config.scheduler.num_scheduler_steps = 1
         self.runner = create_executor(config, source)  # ModelRunner, or rank 0 of a TP group
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
         layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
-        disk, num_disk_blocks = open_disk_tier(
-            config, self.runner.cache, self.model_name, layout.windows
-        )
+        disk, num_disk_blocks = open_disk_tier(config, self.runner, self.model_name, layout.windows)
         self.scheduler = Scheduler(
             config.scheduler,
             config.cache,
@@ -115,19 +115,19 @@ class LLMEngine:
             # AUTO's swap-vs-recompute model needs the copy bandwidth (core/preemption.py)
             costs = self.scheduler.preemption_costs
             costs.bytes_per_block = self.runner.kv_spec.bytes_per_block
-            costs.swap_bytes_per_s = self.runner.cache.measure_swap_bandwidth()
+            costs.swap_bytes_per_s = self.runner.measure_swap_bandwidth()
         self.eos_token_ids = (
             frozenset(self.tokenizer.eos_token_ids) if self.tokenizer else frozenset()
         )
-        self._groups: dict[str, RequestGroup] = {}
-        self._group_of: dict[str, RequestGroup] = {}  # scheduler request id -> group
+        self._groups: dict[str, RequestGroup | BeamGroup] = {}
+        self._group_of: dict[str, RequestGroup | BeamGroup] = {}  # scheduler request id -> group
         self._ids = itertools.count()
         self._pending: list[RequestOutput] = []  # aborted/failed outputs for the next step
         self._in_flight: _Launched | None = None  # a launched continuation (async scheduling)
         async_cfg = config.scheduler.async_scheduling
-        self.async_scheduling = bool(
-            getattr(self.runner, "supports_async_scheduling", False)
-            and (async_cfg or (async_cfg is None and self.runner.device.type == "cuda"))
+        # continuations need the previous step's tokens on the device: single device only
+        self.async_scheduling = single_device and bool(
+            async_cfg or (async_cfg is None and self.runner.device.type == "cuda")
         )
         self.prompt_tokens_total = 0
         self.generation_tokens_total = 0
@@ -141,7 +141,7 @@ class LLMEngine:
         self,
         request_id: str,
         prompt: str | list[int] | None,
-        params: SamplingParams,
+        params: SamplingParams | BeamSearchParams,
         prompt_token_ids: list[int] | None = None,
         arrival_time: float | None = None,
         stream: bool = True,
@@ -149,17 +149,23 @@ class LLMEngine:
         """Queue a request. Bad input raises ValueError/TypeError and queues nothing.
 
         With ``stream=False`` the request yields one output, when it finishes (offline
-        batches: no per-step output objects, text decoded once at the end).
+        batches: no per-step output objects, text decoded once at the end). With
+        ``BeamSearchParams`` the request is a beam search (``engine/beam_search.py``): one
+        output, when the search ends, with the ``beam_width`` best sequences best first.
         """
         if not isinstance(request_id, str) or not request_id:
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
         if request_id in self._groups:
             raise ValueError(f"request id {request_id!r} is already in use; pick a unique id")
-        if not isinstance(params, SamplingParams):
-            raise TypeError(f"params must be SamplingParams, got {type(params).__name__}")
-        check_params(params, self.config.scheduler.max_n)
+        if not isinstance(params, (SamplingParams, BeamSearchParams)):
+            raise TypeError(
+                f"params must be SamplingParams or BeamSearchParams, got {type(params).__name__}"
+            )
+        if isinstance(params, SamplingParams):
+            check_params(params, self.config.scheduler.max_n)
         text, ids = resolve_prompt(prompt, prompt_token_ids, self.tokenizer, self.vocab_size)
-        self._check_constraints(params)
+        if isinstance(params, SamplingParams):
+            self._check_constraints(params)
         max_tokens = resolve_max_tokens(
             len(ids),
             params.max_tokens,
@@ -168,6 +174,16 @@ class LLMEngine:
         )
         arrival = time.monotonic() if arrival_time is None else arrival_time
         internal = f"{request_id}#{next(self._ids)}"
+        if isinstance(params, BeamSearchParams):
+            group, first = start_beam_group(
+                request_id, internal, text, ids, params, max_tokens, self.eos_token_ids,
+                arrival, self._decode,
+            )  # fmt: skip
+            self.scheduler.add_request(first)  # raises ValueError if it can never fit
+            self._groups[request_id] = group
+            self._group_of[first.request_id] = group
+            self.prompt_tokens_total += len(ids)
+            return
         requests = [
             Request(
                 request_id=f"{internal}.{i}",
@@ -178,6 +194,7 @@ class LLMEngine:
                 max_tokens=max_tokens,
                 parent_id=None if i == 0 else f"{internal}.0",
                 sample_index=i,
+                group_width=params.n,
             )
             for i in range(params.n)
         ]
@@ -192,7 +209,8 @@ class LLMEngine:
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
             stream=stream,
         )
-        self.scheduler.add_request(requests[0])  # raises ValueError if it can never fit
+        # raises ValueError if it can never fit; samples 1..n-1 fork when the prompt completes
+        self.scheduler.add_request(requests[0], forks=requests[1:])
         self._groups[request_id] = group
         for request in requests:
             self._group_of[request.request_id] = group
@@ -239,72 +257,54 @@ class LLMEngine:
         current, self._in_flight = self._in_flight, None
         if current is None:
             scheduled = self.scheduler.schedule()
-            if not scheduled.scheduled:
+            if scheduled.is_empty:
                 return outputs
             current = self._launch(scheduled)
             if current is None:
                 return outputs + self._take_pending()
         if self.async_scheduling:
-            following = self.scheduler.schedule_continuation(current.scheduled)
+            following = self.scheduler.schedule_continuation(current.plan)
             if following is not None:
                 self._in_flight = self._launch(following, prev=current)
         return outputs + self._complete(current) + self._take_pending()
 
-    def _launch(
-        self, scheduled: SchedulerOutput, prev: _Launched | None = None
-    ) -> _Launched | None:
-        """Queue a step on the runner; on failure its requests fail (outputs in _pending)."""
-        requests = {
-            s.request_id: self.scheduler.get_request(s.request_id) for s in scheduled.scheduled
-        }
-        forks = self._forks_due(scheduled, requests)
+    def _launch(self, plan: SchedulerOutput, prev: _Launched | None = None) -> _Launched | None:
+        """Queue a step on the executor; on failure its requests fail (outputs in _pending)."""
         try:
-            if self.async_scheduling:
-                pending = self.runner.launch(
-                    scheduled, requests, forks, prev=None if prev is None else prev.pending
-                )
-            else:
-                pending = PendingStep(self.runner.execute(scheduled, requests, forks))
+            pending = self.runner.launch(plan, None if prev is None else prev.pending)
         except RequestFailure as exc:
             # only these requests are at fault: the others' state did not advance, so the
             # next step schedules them again
             logger.warning("requests %s failed: %s", exc.request_ids, exc)
-            self._fail_step(scheduled, exc.cause, exc.request_ids)
+            self._fail_step(plan, exc.cause, exc.request_ids)
             return None
         except Exception as exc:  # noqa: BLE001 - one bad step must not take the engine down
             logger.exception("model step failed; failing its requests")
-            self._fail_step(scheduled, exc)
+            self._fail_step(plan, exc)
             return None
-        return _Launched(scheduled, requests, forks, pending)
+        return _Launched(plan, pending)
 
     def _complete(self, launched: _Launched) -> list[RequestOutput]:
         """Wait for a launched step's tokens and apply them: request state, text, outputs."""
-        scheduled, requests, forks = launched.scheduled, launched.requests, launched.forks
+        plan = launched.plan
         try:
             result = launched.pending.collect()
         except Exception as exc:  # noqa: BLE001 - a device error fails this step's requests
             logger.exception("model step failed; failing its requests")
-            self._fail_step(scheduled, exc)
+            self._fail_step(plan, exc)
             return []
-        for sched in scheduled.scheduled:
-            if sched.request_id in forks:
-                self._fork(sched, forks[sched.request_id], result)
-        sampled: dict[str, int | list[int]] = {
-            rid: tok for rid, tok in result.sampled.items() if rid in requests
-        }
-        sampled.update(result.sampled_multi)
-        num_before = {rid: r.num_output_tokens for rid, r in requests.items()}
-        changed = self.scheduler.update_from_output(scheduled, sampled)
+        num_before = {rid: r.num_output_tokens for rid, r in plan.requests.items()}
+        changed = self.scheduler.update_from_output(plan, result.tokens)
         self._record_prompt_logprobs(result)
         for request in changed:
-            new = request.output_token_ids[num_before[request.request_id] :]
+            if request.num_beam_candidates:
+                self._on_beam_report(request, result)
+                continue
+            new = request.output_token_ids[num_before.get(request.request_id, 0) :]
             self._apply_tokens(request, new, result)
-        for children in forks.values():
-            for child in children:
-                self._apply_tokens(child, child.output_token_ids[-1:], result)
         return self._collect_outputs()
 
-    def _apply_tokens(self, request: Request, tokens: list[int], result: ModelOutput) -> None:
+    def _apply_tokens(self, request: Request, tokens: list[int], result: StepResult) -> None:
         """``_on_new_tokens``; a failure there (detokenizing, say) fails only this request."""
         try:
             self._on_new_tokens(request, tokens, result)
@@ -314,6 +314,26 @@ class LLMEngine:
             if group is not None and group.request_id in self._groups:
                 message = f"{type(exc).__name__}: {exc}"
                 self._finish_group(group, RequestStatus.FINISHED_ERROR, message)
+
+    def _on_beam_report(self, request: Request, result: StepResult) -> None:
+        """A beam's candidates; the group's search steps once every live beam reported."""
+        group = self._group_of.get(request.request_id)
+        if not isinstance(group, BeamGroup) or request.request_id not in result.logprobs:
+            return
+        if not group.report(request, result.logprobs[request.request_id]):
+            return
+        ended = group.advance(self.scheduler)
+        self.generation_tokens_total += len(group.beams)
+        for beam in group.beams:
+            self._group_of[beam.request.request_id] = group
+        held = sum(self.scheduler.kv_manager.num_blocks_of(i) for i in group.live_request_ids())
+        group.peak_blocks = max(group.peak_blocks, held)
+        for request_id in ended:
+            self.runner.release([request_id])
+            self._group_of.pop(request_id, None)
+
+    def _decode(self, token_ids: list[int]) -> str:
+        return self.tokenizer.decode(token_ids) if self.tokenizer is not None else ""
 
     def _take_pending(self) -> list[RequestOutput]:
         outputs, self._pending = self._pending, []
@@ -331,47 +351,22 @@ class LLMEngine:
             cumulative_logprob=0.0 if want_logprobs else None,
         )
 
-    def _forks_due(
-        self, scheduled: SchedulerOutput, requests: dict[str, Request]
-    ) -> dict[str, list[Request]]:
-        """Samples 1..n-1 fork off sample 0 in the step that completes its prompt."""
-        forks: dict[str, list[Request]] = {}
-        for sched in scheduled.scheduled:
-            group = self._group_of[sched.request_id]
-            request = requests[sched.request_id]
-            if group.unforked and sched.sample and request.num_output_tokens == 0:
-                forks[sched.request_id] = group.unforked
-        return forks
-
-    def _fork(self, sched: ScheduledRequest, children: list[Request], result: ModelOutput) -> None:
-        """Children take their first token, then share every block of the parent's prompt."""
-        group = self._group_of[sched.request_id]
-        group.unforked = []
-        computed = sched.start_position + len(sched.token_ids)
-        for child in children:
-            child.append_output_token(result.sampled[child.request_id])
-            self.scheduler.fork_request(sched.request_id, child, num_computed_tokens=computed)
-            group.samples.append(self._sample_state(child))
-            status = child.check_token_stop(self.max_model_len)
-            if status is not None:
-                self.scheduler.finish_requests([child.request_id], status)
-
-    def _record_prompt_logprobs(self, result: ModelOutput) -> None:
+    def _record_prompt_logprobs(self, result: StepResult) -> None:
         for request_id, chunk in result.prompt_logprobs.items():
             group = self._group_of.get(request_id)
             if group is not None and group.prompt_logprobs is not None:
                 group.prompt_logprobs.extend(chunk)
 
-    def _on_new_tokens(self, request: Request, tokens: list[int], result: ModelOutput) -> None:
+    def _on_new_tokens(self, request: Request, tokens: list[int], result: StepResult) -> None:
         """Detokenize, check stop strings, record logprobs and finishing.
 
         ``tokens`` are what the scheduler appended this step (several after a multi-step round;
         those never carry logprobs or stop strings, see ``core/multi_step.py``).
         """
         group = self._group_of.get(request.request_id)
-        if group is None:
+        if not isinstance(group, RequestGroup):
             return
-        state = next(s for s in group.samples if s.request is request)
+        state = group.state_of(request, self._sample_state)
         group.changed = True
         for token in tokens:
             if request.first_token_time is None:
@@ -418,27 +413,18 @@ class LLMEngine:
                 self._forget(group)
         return outputs
 
-    def _forget(self, group: RequestGroup) -> None:
+    def _forget(self, group: RequestGroup | BeamGroup) -> None:
         self._groups.pop(group.request_id, None)
-        for sample in group.samples:
-            self._group_of.pop(sample.request.request_id, None)
-        for request in group.unforked:
-            self._group_of.pop(request.request_id, None)
+        for request_id in group.all_request_ids():
+            self._group_of.pop(request_id, None)
 
     def _finish_group(
-        self, group: RequestGroup, status: RequestStatus, error: str | None = None
+        self, group: RequestGroup | BeamGroup, status: RequestStatus, error: str | None = None
     ) -> None:
         """Abort or fail every sample of a group; its final output comes from the next step."""
-        live = [s.request.request_id for s in group.samples if s.finish_reason is None]
+        live = group.close(status, error)
         self.scheduler.finish_requests(live, status)
-        for state in group.samples:
-            if state.finish_reason is None:
-                state.finish_reason = status.finish_reason
-                self.runner.release([state.request.request_id])
-        for request in group.unforked:
-            request.status = status
-        group.unforked = []
-        group.error = error
+        self.runner.release(live)
         self._pending.append(group.take_output())
         self._forget(group)
 
@@ -460,8 +446,8 @@ class LLMEngine:
         and run again next step.
         """
         plans = [scheduled]
-        if self._in_flight is not None and self._in_flight.scheduled is not scheduled:
-            plans.append(self._in_flight.scheduled)
+        if self._in_flight is not None and self._in_flight.plan is not scheduled:
+            plans.append(self._in_flight.plan)
         for plan in plans:
             self.scheduler.discard_failed_step(plan)
         message = f"{type(exc).__name__}: {exc}"
@@ -484,9 +470,7 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         """Stop worker processes (tensor parallelism); safe to call twice."""
-        stop = getattr(self.runner, "shutdown", None)
-        if stop is not None:
-            stop()
+        self.runner.shutdown()
 
     # ----------------------------------------------------------------- stats
     def kv_snapshot(self) -> dict:

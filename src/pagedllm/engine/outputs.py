@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# One position's logprobs: token id -> logprob (the chosen token is always a key).
-Logprobs = dict[int, float]
+from pagedllm.step_result import Logprobs
+
+__all__ = ["CompletionOutput", "Logprobs", "RequestMetrics", "RequestOutput"]
 
 
 @dataclass(slots=True)
@@ -46,6 +47,7 @@ class CompletionOutput:
     delta_text: str = ""
     delta_token_ids: list[int] = field(default_factory=list)
     delta_logprobs: list[Logprobs] | None = None
+    score: float | None = None  # beam search: cumulative_logprob / len ** length_penalty
 
     @property
     def finished(self) -> bool:

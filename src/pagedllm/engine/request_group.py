@@ -8,9 +8,10 @@ and builds the (streamed) outputs.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from pagedllm.core.request import Request
+from pagedllm.core.request import Request, RequestStatus
 from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.outputs import CompletionOutput, Logprobs, RequestMetrics, RequestOutput
 from pagedllm.sampling_params import SamplingParams
@@ -73,6 +74,31 @@ class RequestGroup:
     @property
     def finished(self) -> bool:
         return not self.unforked and all(s.finish_reason is not None for s in self.samples)
+
+    def state_of(self, request: Request, make: Callable[[Request], SampleState]) -> SampleState:
+        """The sample's state; a fork child that just took its first token gets one now."""
+        for state in self.samples:
+            if state.request is request:
+                return state
+        self.unforked.remove(request)
+        state = make(request)
+        self.samples.append(state)
+        return state
+
+    def all_request_ids(self) -> list[str]:
+        return [s.request.request_id for s in self.samples] + [r.request_id for r in self.unforked]
+
+    def close(self, status: RequestStatus, error: str | None) -> list[str]:
+        """Abort or fail the unfinished samples; returns their request ids."""
+        live = [s.request.request_id for s in self.samples if s.finish_reason is None]
+        for state in self.samples:
+            if state.finish_reason is None:
+                state.finish_reason = status.finish_reason
+        for request in self.unforked:
+            request.status = status
+        self.unforked = []
+        self.error = error
+        return live
 
     def metrics(self) -> RequestMetrics:
         first = self.samples[0].request

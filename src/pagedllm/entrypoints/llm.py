@@ -7,11 +7,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from pagedllm.config import EngineConfig
+from pagedllm.engine.beam_search import BeamSearchOutput, BeamSearchParams, BeamSearchSequence
 from pagedllm.engine.llm_engine import LLMEngine
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.sampling_params import SamplingParams
 
 Prompt = str | list[int]
+Params = SamplingParams | BeamSearchParams
 Message = dict[str, Any]
 
 
@@ -77,16 +79,54 @@ class LLM:
     def generate(
         self,
         prompts: Prompt | Sequence[Prompt],
-        sampling_params: SamplingParams | Sequence[SamplingParams] | None = None,
+        sampling_params: Params | Sequence[Params] | None = None,
         *,
         use_tqdm: bool = True,
     ) -> list[RequestOutput]:
-        """Complete each prompt (text or token ids); outputs come back in prompt order."""
+        """Complete each prompt (text or token ids); outputs come back in prompt order.
+
+        A ``BeamSearchParams`` entry makes that prompt a beam search in the same batch (its
+        output holds the ``beam_width`` best sequences, best first)."""
         prompt_list = _as_prompt_list(prompts)
         params = _broadcast_params(sampling_params, len(prompt_list))
         return self._run(
             [(p, None) if isinstance(p, str) else (None, p) for p in prompt_list], params, use_tqdm
         )
+
+    def beam_search(
+        self,
+        prompts: Prompt | Sequence[Prompt],
+        params: BeamSearchParams,
+        *,
+        use_tqdm: bool = False,
+    ) -> list[BeamSearchOutput]:
+        """Beam search over each prompt (vLLM's offline API): the ``beam_width`` best
+        sequences per prompt, best first, each with its summed logprob and ranking score."""
+        if not isinstance(params, BeamSearchParams):
+            raise TypeError(f"params must be BeamSearchParams, got {type(params).__name__}")
+        prompt_list = _as_prompt_list(prompts)
+        outputs = self._run(
+            [(p, None) if isinstance(p, str) else (None, p) for p in prompt_list],
+            [params] * len(prompt_list),
+            use_tqdm,
+        )
+        return [
+            BeamSearchOutput(
+                sequences=[
+                    BeamSearchSequence(
+                        tokens=out.prompt_token_ids + c.token_ids,
+                        output_token_ids=c.token_ids,
+                        text=c.text,
+                        cum_logprob=c.cumulative_logprob,
+                        score=c.score,
+                        finish_reason=c.finish_reason,
+                    )
+                    for c in out.outputs
+                ],
+                error=out.error,
+            )
+            for out in outputs
+        ]
 
     def chat(
         self,
@@ -133,7 +173,7 @@ class LLM:
     def _run(
         self,
         prompts: list[tuple[str | None, list[int] | None]],
-        params: list[SamplingParams],
+        params: list[Params],
         use_tqdm: bool,
     ) -> list[RequestOutput]:
         ids = [f"gen-{next(self._ids)}" for _ in prompts]
@@ -175,12 +215,10 @@ def _as_prompt_list(prompts: Prompt | Sequence[Prompt]) -> list[Prompt]:
     return list(prompts)
 
 
-def _broadcast_params(
-    params: SamplingParams | Sequence[SamplingParams] | None, count: int
-) -> list[SamplingParams]:
+def _broadcast_params(params: Params | Sequence[Params] | None, count: int) -> list[Params]:
     if params is None:
         return [SamplingParams()] * count
-    if isinstance(params, SamplingParams):
+    if isinstance(params, (SamplingParams, BeamSearchParams)):
         return [params] * count
     params = list(params)
     if len(params) != count:

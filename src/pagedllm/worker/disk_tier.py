@@ -125,8 +125,9 @@ def _parse_name(name: str) -> tuple[int, str]:
     return int(group[1:]), digest
 
 
-def open_disk_tier(config, cache, model_name: str, windows: list) -> tuple[DiskTier | None, int]:  # noqa: ANN001
-    """The disk tier of an engine (or None) and its bound in entries; attaches it to ``cache``.
+def open_disk_tier(config, runner, model_name: str, windows: list) -> tuple[DiskTier | None, int]:  # noqa: ANN001
+    """The disk tier of an engine (or None) and its bound in entries; attaches it to the
+    ``runner``'s cache engine (tensor_parallel_size 1 only).
 
     The key names everything that must match for a file's bytes to be this engine's KV.
     """
@@ -135,6 +136,7 @@ def open_disk_tier(config, cache, model_name: str, windows: list) -> tuple[DiskT
         return None, 0
     if config.parallel.tensor_parallel_size > 1:
         raise ValueError("kv_disk_path is not supported with tensor_parallel_size > 1")
+    cache = runner.cache
     spec = cache.spec
     model = config.model
     key = {

@@ -1,10 +1,11 @@
 """Executors: what the engine calls to run a step, on one device or over tensor-parallel ranks.
 
+The engine and the executors meet in one contract, the ``Executor`` protocol: size and
+allocate the pool, ``launch(plan, prev) -> PendingStep`` (queue a step), and
+``PendingStep.collect() -> StepResult`` (its tokens, ``[rows, k]``, plus logprobs). The plan is
+the scheduler's ``SchedulerOutput``: rows, forks, cache moves and the requests themselves.
 ``create_executor(config, source)`` returns the plain ``ModelRunner`` for
-``tensor_parallel_size == 1`` (the single-device path is exactly what it was) and a
-``TensorParallelExecutor`` otherwise. Both answer the runner interface the engine uses:
-``determine_num_blocks``, ``init_cache``, ``execute``, ``release``, ``vocab_size`` (and the
-executor forwards any other attribute, e.g. ``kv_spec`` or ``cache``, to rank 0's runner).
+``tensor_parallel_size == 1`` and a ``TensorParallelExecutor`` otherwise.
 
 Tensor parallelism (docs/parallelism.md): this process is rank 0. It keeps the one scheduler,
 runs its own model shard and samples. Ranks 1..N-1 are daemon processes started with the
@@ -16,6 +17,7 @@ a pipe (pickled once for all) and run the same forward; the collectives inside t
 from __future__ import annotations
 
 import copy
+import dataclasses
 import gc
 import logging
 import multiprocessing
@@ -23,31 +25,64 @@ import os
 import socket
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from multiprocessing.reduction import ForkingPickler
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
 
 from pagedllm.config import EngineConfig
-from pagedllm.core.request import Request
-from pagedllm.core.scheduler import SchedulerOutput
+from pagedllm.core.scheduler_output import SchedulerOutput
 from pagedllm.loader import ModelSource
 from pagedllm.parallel.protocol import DriverLogits
 from pagedllm.parallel.sharding import check_tensor_parallel
 from pagedllm.parallel.state import default_backend, destroy_tensor_parallel, init_tensor_parallel
+from pagedllm.structured.manager import StructuredOutputManager
 from pagedllm.worker import tp_worker
+from pagedllm.worker.cache_engine import KVCacheSpec
 from pagedllm.worker.device import resolve_device
-from pagedllm.worker.model_runner import ModelOutput, ModelRunner
+from pagedllm.worker.model_runner import ModelRunner
+from pagedllm.worker.pending import PendingStep
 
 logger = logging.getLogger(__name__)
 
 _JOIN_TIMEOUT_S = 5.0
 
 
-def create_executor(config: EngineConfig, source: ModelSource) -> Any:
-    """The runner for ``config.parallel.tensor_parallel_size`` (1: a plain ``ModelRunner``)."""
+class Executor(Protocol):
+    """What the engine calls to run steps; the only way it reaches the device."""
+
+    vocab_size: int
+    kv_spec: KVCacheSpec
+    device: torch.device
+    dtype: torch.dtype  # the model's
+    structured: StructuredOutputManager  # grammar matchers (the engine validates through it)
+
+    def determine_num_blocks(self) -> tuple[int, int]:
+        """(device blocks, CPU swap blocks) the pool may have."""
+
+    def init_cache(self, num_blocks: int, num_cpu_blocks: int) -> None:
+        """Allocate the pages (and warm up / capture graphs)."""
+
+    def measure_swap_bandwidth(self) -> float:
+        """Bytes per second of a page swap (AUTO preemption)."""
+
+    def launch(self, plan: SchedulerOutput, prev: PendingStep | None = None) -> PendingStep:
+        """Queue a step; ``prev``: the in-flight step a continuation's inputs come from."""
+
+    def release(self, request_ids: Sequence[str]) -> None:
+        """Forget per-request state of finished requests."""
+
+    def shutdown(self) -> None:
+        """Stop worker processes; idempotent."""
+
+
+def create_executor(config: EngineConfig, source: ModelSource) -> Executor:
+    """The executor for ``config.parallel.tensor_parallel_size`` (1: a plain ``ModelRunner``).
+
+    Tensor parallelism runs single steps only: ``EngineConfig`` turns multi-step rounds and
+    async scheduling off for it, since the workers do not see rank 0's sampled tokens."""
     if config.parallel.tensor_parallel_size == 1:
         return ModelRunner(config, source)
     return TensorParallelExecutor(config, source)
@@ -110,10 +145,6 @@ def _stop_workers(
 
 class TensorParallelExecutor:
     """Rank 0 of a tensor-parallel group: its runner plus the worker processes it owns."""
-
-    # workers run each step as it is broadcast; queuing a second step behind one in flight
-    # is not part of the worker protocol (parallel/protocol.py)
-    supports_async_scheduling = False
 
     def __init__(self, config: EngineConfig, source: ModelSource) -> None:
         tp = config.parallel.tensor_parallel_size
@@ -198,6 +229,27 @@ class TensorParallelExecutor:
     def vocab_size(self) -> int:
         return self.driver.vocab_size
 
+    @property
+    def kv_spec(self) -> KVCacheSpec:
+        return self.driver.kv_spec  # rank 0's shard: what one rank's pages hold
+
+    @property
+    def device(self) -> torch.device:
+        return self.driver.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.driver.dtype
+
+    @property
+    def model(self) -> torch.nn.Module:
+        """Rank 0's shard of the model (for inspection; the engine never uses it)."""
+        return self.driver.model
+
+    @property
+    def structured(self) -> StructuredOutputManager:
+        return self.driver.structured  # rank 0 samples, so rank 0 holds the grammar matchers
+
     def determine_num_blocks(self) -> tuple[int, int]:
         """Every rank sizes its own pool (GPUs profile together); rank 0 takes the minimum."""
         self._broadcast((tp_worker.CMD_NUM_BLOCKS,))
@@ -216,24 +268,25 @@ class TensorParallelExecutor:
         self._logits = DriverLogits(model.compute_logits, self.driver.dtype, self.driver.device)
         model.compute_logits = self._logits
 
-    def execute(
-        self,
-        output: SchedulerOutput,
-        requests: Mapping[str, Request],
-        fork_children: Mapping[str, Sequence[Request]] | None = None,
-    ) -> ModelOutput:
-        """Send the step to the workers, run it here too, then end the LM-head calls."""
+    def measure_swap_bandwidth(self) -> float:
+        return self.driver.measure_swap_bandwidth()
+
+    def launch(self, plan: SchedulerOutput, prev: PendingStep | None = None) -> PendingStep:
+        """Send the step to the workers, queue it here too, then end the LM-head calls.
+
+        The workers get the plan without its requests (they only run the forward)."""
+        assert prev is None and plan.num_steps == 1, "tensor parallelism runs single steps"
         if self._broken is not None:
             raise RuntimeError(f"the tensor-parallel group is down: {self._broken}")
-        self._broadcast((tp_worker.CMD_EXECUTE, output))
+        self._broadcast((tp_worker.CMD_EXECUTE, dataclasses.replace(plan, requests={})))
         try:
-            result = self.driver.execute(output, requests, fork_children)
+            pending = self.driver.launch(plan)
         except BaseException as exc:
-            self._recover(output, exc)
+            self._recover(plan, exc)
             raise
-        if output.scheduled:
+        if plan.scheduled:
             self._logits.done()
-        return result
+        return pending
 
     def release(self, request_ids: Sequence[str]) -> None:
         self.driver.release(request_ids)
@@ -248,12 +301,6 @@ class TensorParallelExecutor:
     def workers(self) -> list[multiprocessing.process.BaseProcess]:
         """The worker processes (ranks 1..N-1), for monitoring and tests."""
         return list(self._procs)
-
-    def __getattr__(self, name: str) -> Any:
-        # kv_spec, cache, model, device, dtype ...: rank 0's runner answers
-        if name == "driver" or "driver" not in self.__dict__:
-            raise AttributeError(name)
-        return getattr(self.driver, name)
 
     def __enter__(self) -> TensorParallelExecutor:
         return self

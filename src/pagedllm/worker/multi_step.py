@@ -13,6 +13,8 @@ import dataclasses
 import torch
 
 from pagedllm.attention.metadata import AttentionMetadata
+from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.transfer import to_device
 from pagedllm.worker.input_batch import ModelInputs
 
 
@@ -41,3 +43,19 @@ def _advance(meta: AttentionMetadata, positions: torch.Tensor, block_size: int):
         max_seq_len=meta.max_seq_len + 1,
         seq_lens_cpu=seq_lens_cpu,
     )
+
+
+def inputs_from_prev(
+    plan: SchedulerOutput, inputs: ModelInputs, prev_ids: torch.Tensor | None, prev_rows: int
+) -> ModelInputs:
+    """A continuation's input tokens: row ``prev_row`` of the still-running previous step's
+    newest sampled tokens (``prev_ids``, on the device), so no host round trip is needed."""
+    if prev_ids is None:
+        raise ValueError("a continuation step needs the previous step's PendingStep")
+    rows = [s.prev_row for s in plan.scheduled]
+    if rows == list(range(prev_rows)):
+        inputs.input_ids = prev_ids
+    else:
+        index = to_device(rows, torch.long, prev_ids.device)
+        inputs.input_ids = prev_ids.index_select(0, index)
+    return inputs

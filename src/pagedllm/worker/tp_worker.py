@@ -112,11 +112,10 @@ def _serve(runner: Any, conn: Any) -> None:
 
 
 def execute_follower(runner: Any, output: Any) -> None:
-    """Rank 0's ``ModelRunner.execute`` minus sampling: same cache moves, same forward, then
+    """Rank 0's ``ModelRunner.launch`` minus sampling: same cache moves, same forward, then
     join the LM-head calls rank 0 makes (``parallel/protocol.py``)."""
     import torch
 
-    from pagedllm.attention.metadata import ForwardContext, set_forward_context
     from pagedllm.parallel.protocol import serve_logits
     from pagedllm.worker.input_batch import prepare_inputs
 
@@ -125,15 +124,7 @@ def execute_follower(runner: Any, output: Any) -> None:
         cache.apply_moves(output)
         if not output.scheduled:
             return
-        inputs = prepare_inputs(output, runner.block_size, runner.device)
-        forward = getattr(runner, "_forward", None)  # the runner's (CUDA-graph aware) forward
-        if forward is not None:
-            forward(inputs)
-        else:
-            with set_forward_context(
-                ForwardContext(inputs.metadata, cache.kv_caches, runner.backend)
-            ):
-                runner.model(inputs.input_ids, inputs.positions)
+        runner.forward(prepare_inputs(output, runner.block_size, runner.device))
         serve_logits(runner.model.compute_logits, runner.dtype, runner.device)
 
 

@@ -27,6 +27,7 @@ from pagedllm.engine.async_engine import (
     RequestStream,
     RequestTimeoutError,
 )
+from pagedllm.engine.beam_search import BeamSearchParams
 from pagedllm.engine.outputs import RequestOutput
 from pagedllm.engine.validation import check_text_size
 from pagedllm.entrypoints.openai.errors import APIError, error_body
@@ -113,9 +114,12 @@ def check_text(state: ServerState, text: str, param: str) -> None:
         raise APIError(400, str(exc), param=param) from exc
 
 
-def build_params(request: Any, max_tokens: int | None) -> SamplingParams:
-    """``request.to_sampling_params`` with its ValueError/TypeError turned into a 400."""
+def build_params(request: Any, max_tokens: int | None) -> SamplingParams | BeamSearchParams:
+    """``request.to_sampling_params`` with its ValueError/TypeError turned into a 400; with
+    ``use_beam_search`` the beam search of width ``n`` (``best_of``) instead."""
     try:
+        if request.use_beam_search:
+            return beam_params(request, max_tokens)
         return request.to_sampling_params(max_tokens)
     except (ValueError, TypeError) as exc:
         raise APIError(400, str(exc)) from exc
@@ -130,6 +134,23 @@ def admit(state: ServerState, count: int) -> None:
         raise APIError(429, str(exc), code="rate_limit_exceeded", headers=headers) from exc
     except EngineDeadError as exc:
         raise APIError(503, str(exc)) from exc
+
+
+def beam_params(request: Any, max_tokens: int | None) -> BeamSearchParams:
+    """vLLM's ``use_beam_search``: deterministic, so sampling-only fields are errors (400)."""
+    width = getattr(request, "best_of", None) or request.n
+    checks = [
+        ("n", request.n != width, f"n ({request.n}) must equal the beam width best_of ({width})"),
+        ("temperature", (request.temperature or 0.0) > 0.0, "must be 0 or unset"),
+        ("top_p", request.top_p is not None and request.top_p < 1.0, "must be 1 or unset"),
+        ("seed", request.seed is not None, "is a sampling option"),
+        ("stream", request.stream, "is not available (one answer when the search ends)"),
+    ]
+    for field_name, bad, why in checks:
+        if bad:
+            raise APIError(400, f"{field_name} {why} with use_beam_search", param=field_name)
+    return BeamSearchParams(width, 16 if max_tokens is None else max_tokens,
+                            ignore_eos=request.ignore_eos)  # fmt: skip
 
 
 async def submit(
