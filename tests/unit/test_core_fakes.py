@@ -110,8 +110,8 @@ class FakeRunner:
     def slot(self, table: list[int], pos: int) -> int:
         return table[pos // self.bs] * self.bs + pos % self.bs
 
-    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
-        # the documented order (core/scheduler_output.py)
+    def apply_moves(self, out: SchedulerOutput) -> None:
+        """The plan's copies in the documented order (core/scheduler_output.py)."""
         for page, name in out.disk_writes:
             self._copy(self.cpu, page, self.disk.setdefault(name, {}), 0)
         for dev, cpu in out.blocks_to_swap_out + out.blocks_to_offload:
@@ -124,6 +124,9 @@ class FakeRunner:
             self._copy(self.cpu, cpu, self.kv, dev)
         for name in out.disk_deletes:
             self.disk.pop(name, None)
+
+    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
+        self.apply_moves(out)
         pool = sched.kv_manager.pool
         written: set[int] = set()
         for sr in out.scheduled:

@@ -275,3 +275,27 @@ def test_tier_options_are_validated():
         CacheConfig(cpu_cache_memory=1 << 20, kv_disk_path="/tmp/x").validate()
     with pytest.raises(ValueError, match="cpu_cache_memory"):
         CacheConfig(kv_disk_path="/tmp/x", kv_disk_bytes=1 << 20).validate()
+
+
+def test_hybrid_groups_reload_from_the_host_tier():
+    from hybrid_fakes import HybridFakeRunner
+
+    windows = [None, 6]
+    sched = make_scheduler(
+        num_blocks=40,
+        num_cpu_blocks=200,  # every group's evicted pages
+        host_tier=True,
+        kv_cache_groups=windows,
+        max_model_len=80,
+    )
+    runner = HybridFakeRunner(BS, windows)
+    first = _turn(sched, runner, "a0", _conversation(0))
+    for i in range(1, 7):  # the full group's pages of a0 are evicted
+        _turn(sched, runner, f"b{i}", _conversation(i, 40))
+    history = first.all_token_ids
+    second = _turn(sched, runner, "a1", history + [401, 402])  # reads checked per group
+    assert second.num_cached_tokens >= 0.9 * (len(history) - 1)
+    assert sched.kv_manager.tiers.stats.host_hit_blocks > 0
+    kv = sched.kv_manager
+    assert kv.num_free_blocks == kv.num_blocks
+    kv.host.check()
