@@ -8,8 +8,9 @@
    events, best of 5).
 3. Achieved: ``CacheEngine.to_device`` / ``to_host`` of a batch of whole blocks at the W1
    model's page shape (consecutive and scattered host pages), as a fraction of the floor.
-4. ``pagedllm bench multiturn`` (Qwen3-0.6B architecture, dummy bf16 weights) with a device
-   pool far smaller than every history: TTFT p50/p99, output tok/s, prefill tokens saved.
+4. ``pagedllm bench multiturn`` (``--preset``, default the Qwen3-8B architecture, dummy bf16
+   weights) with a device pool far smaller than every history: TTFT p50/p99, output tok/s,
+   prefill tokens saved; the TTFT p50 ratio off/on.
 
 ``--smoke`` runs tiny shapes on whatever device there is (CPU in CI) to test the script.
 """
@@ -92,18 +93,19 @@ def tier_copies(device: torch.device, num_blocks: int, smoke: bool) -> dict:
     return out
 
 
-def multiturn(device: torch.device, smoke: bool) -> dict:
-    """Tiers off vs on through the engine (dummy Qwen3-0.6B weights)."""
+def multiturn(device: torch.device, smoke: bool, preset: str, host_gib: int) -> dict:
+    """Tiers off vs on through the engine (dummy weights of ``preset``)."""
     if smoke:
         spec = MultiTurnSpec(4, 2, 48, 16, 4, 2)
         blocks, host = 24, 64 << 20
     else:
+        # 32 histories of up to 1,792 tokens (3,584 blocks); the device pool holds 1,200
         spec = MultiTurnSpec(32, 4, 1024, 128, 64, 8)
-        blocks, host = 1200, 8 << 30  # ~10 of the 32 histories fit the device pool
+        blocks, host = 1200, host_gib << 30
 
     def make_engine(cpu_cache_memory: int) -> LLMEngine:
         config = EngineConfig.from_flat(
-            model=workloads.preset_path("qwen3-0.6b"),
+            model=workloads.preset_path(preset),
             load_format="dummy",
             dtype="bfloat16" if device.type == "cuda" else "float32",
             device=str(device),
@@ -123,6 +125,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU test)")
+    parser.add_argument(
+        "--preset",
+        default="qwen3-8b",
+        help="model of the multi-turn run (dummy weights): qwen3-8b, where prefill costs far "
+        "more than loading its KV, or qwen3-0.6b",
+    )
+    parser.add_argument("--host-gib", type=int, default=12, help="host tier size of the 'on' run")
     args = parser.parse_args()
     os.makedirs(args.out, exist_ok=True)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,7 +144,8 @@ def main() -> int:
             results["tier_copies"][key] / floor
         )
     print(json.dumps({k: results[k] for k in ("device", "floor", "tier_copies")}, indent=1))
-    results["multiturn"] = multiturn(device, args.smoke)
+    preset = "qwen3-0.6b" if args.smoke else args.preset
+    results["multiturn"] = multiturn(device, args.smoke, preset, args.host_gib)
     with open(os.path.join(args.out, "kv_tiers.json"), "w", encoding="utf-8") as f:
         json.dump(results, f, indent=2)
     return 0
