@@ -124,7 +124,8 @@ def test_model_forward_fails_mid_model(engines, monkeypatch, call: int) -> None:
 
 def test_sampler_fails_for_a_whole_step(engines, monkeypatch) -> None:
     engine = engines[0]
-    monkeypatch.setattr(engine.runner, "sampler", _fail_on_call(2, engine.runner.sampler))
+    rows = engine.runner.rows  # the runner's row sampler owns the Sampler
+    monkeypatch.setattr(rows, "sampler", _fail_on_call(2, rows.sampler))
     prompts = _prompts("sampler")
     outs = _run(engine, prompts)
     monkeypatch.undo()
@@ -137,11 +138,11 @@ def test_one_requests_sampling_state_fails_only_that_request(engines, monkeypatc
     engine = engines[0]
     prompts = _prompts("generator")
     target = engine.tokenizer.encode(prompts[1], add_special_tokens=True)
-    runner = engine.runner
+    rows = engine.runner.rows
     monkeypatch.setattr(
-        runner,
+        rows,
         "_generator",
-        _fail_on_call(2, runner._generator, lambda r: r.prompt_token_ids == target),
+        _fail_on_call(2, rows._generator, lambda r: r.prompt_token_ids == target),
     )
     outs = _run(engine, prompts)
     monkeypatch.undo()
