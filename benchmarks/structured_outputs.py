@@ -78,6 +78,9 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dummy", action="store_true",
+                        help="random weights for --model (a config + tokenizer directory)")
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: the engine's)")
     args = parser.parse_args()
     try:
         import llguidance  # noqa: F401
@@ -89,7 +92,10 @@ def main() -> int:
 
     batch = 4 if args.smoke else args.batch
     repeats = 1 if args.smoke else args.repeats
-    llm = LLM(args.model, max_model_len=1024, max_num_seqs=max(64, batch))
+    options: dict = {"load_format": "dummy"} if args.dummy else {}
+    if args.device:
+        options["device"] = args.device
+    llm = LLM(args.model, max_model_len=1024, max_num_seqs=max(64, batch), **options)
     tok = llm.tokenizer
     prompts = [
         tok.apply_chat_template([{"role": "user", "content": f"Describe person {i} as JSON."}])

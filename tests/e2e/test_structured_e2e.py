@@ -110,3 +110,18 @@ def test_logit_bias(llm):
         bad = SamplingParams(structured_output=Constraint(regex="(unclosed"))
         llm.generate([prompt], bad, use_tqdm=False)
     assert_all_blocks_free(llm)
+
+
+def test_finished_grammar_overrides_min_tokens(llm):
+    """A grammar that has finished allows only EOS; min_tokens must not ban it then (vLLM's
+    behaviour: the constraint wins), so the answer ends cleanly instead of sampling from a row
+    where every token is -inf."""
+    params = SamplingParams(temperature=0, max_tokens=20, min_tokens=10,
+                            structured_output=Constraint(choice=["yes", "no"]))  # fmt: skip
+    out = llm.generate([_chat(llm, "Is the sky blue? Answer yes or no.")], params,
+                       use_tqdm=False)[0].outputs[0]  # fmt: skip
+    assert out.text in ("yes", "no")
+    assert out.finish_reason == "stop"
+    # the answer's tokens and one EOS: nothing sampled from an all -inf row (token 0 before)
+    assert len(out.token_ids) <= 3 and 0 not in out.token_ids, out.token_ids
+    assert_all_blocks_free(llm)

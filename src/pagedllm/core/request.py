@@ -120,15 +120,18 @@ class Request:
         Returns the finished status to move to, or None to keep going.
         """
         params = self.sampling_params
-        if self.num_output_tokens < params.min_tokens:
-            return None
         last = self.output_token_ids[-1]
-        if not params.ignore_eos and last in self.eos_token_ids:
-            self.stop_reason = None
-            return RequestStatus.FINISHED_STOPPED
-        if last in params.stop_token_ids:
-            self.stop_reason = last
-            return RequestStatus.FINISHED_STOPPED
+        eos = not params.ignore_eos and last in self.eos_token_ids
+        # before min_tokens the sampler bans EOS and stop ids, except for a grammar that has
+        # finished (only EOS may follow): that EOS ends the request, the constraint wins
+        early_ok = eos and params.structured_output is not None
+        if self.num_output_tokens >= params.min_tokens or early_ok:
+            if eos:
+                self.stop_reason = None
+                return RequestStatus.FINISHED_STOPPED
+            if last in params.stop_token_ids:
+                self.stop_reason = last
+                return RequestStatus.FINISHED_STOPPED
         if self.num_output_tokens >= self.max_tokens or self.num_tokens >= max_model_len:
             return RequestStatus.FINISHED_LENGTH
         return None

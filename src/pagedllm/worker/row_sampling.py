@@ -47,19 +47,25 @@ class RowSampler:
         ids = [r.request_id for r in rows]
         if prev is not None and prev.sampling_batch is not None and prev.row_ids == ids:
             return prev.sampling_batch
+        # the mask first: it brings each matcher up to date, and a grammar that has finished
+        # (only EOS may follow) overrides min_tokens' EOS ban, or no token would be allowed
+        grammar_bitmask = self.structured.bitmask(
+            ids,
+            [r.sampling_params.structured_output for r in rows],
+            [r.output_token_ids for r in rows],
+        )
         batch = SamplingBatch.build(
             params=[r.sampling_params for r in rows],
             output_token_ids=[r.output_token_ids for r in rows],
             prompt_token_ids=[r.prompt_token_ids for r in rows],
             generators=[self._request_generator(r) for r in rows],
-            banned_token_ids=[_banned_tokens(r) for r in rows],
+            banned_token_ids=[
+                [] if self.structured.is_finished(r.request_id) else _banned_tokens(r)
+                for r in rows
+            ],
             device=self.device,
             vocab_size=self.vocab_size,
-            grammar_bitmask=self.structured.bitmask(
-                ids,
-                [r.sampling_params.structured_output for r in rows],
-                [r.output_token_ids for r in rows],
-            ),
+            grammar_bitmask=grammar_bitmask,
         )
         beams = [r.num_beam_candidates for r in rows]
         if any(beams):
