@@ -36,7 +36,7 @@ def make_llm(args: argparse.Namespace) -> LLM:
         model = args.model  # None: the bundled model
         return LLM(model, device="cpu", dtype="float32", block_size=args.block_size,
                    num_gpu_blocks=args.num_blocks, max_num_seqs=256)  # fmt: skip
-    return LLM(workloads.preset_path("qwen3-0.6b"), load_format="dummy", dtype="bfloat16",
+    return LLM(workloads.preset_path("qwen3-0.6b"), load_format="dummy", dtype=args.dtype,
                block_size=args.block_size, max_model_len=4096)  # fmt: skip
 
 
@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--model", default=None)
+    ap.add_argument("--dtype", default="bfloat16", help="GPU only (the CPU runs float32)")
     ap.add_argument("--widths", default="2,4,8")
     ap.add_argument("--num-prompts", type=int, default=8)
     ap.add_argument("--prompt-len", type=int, nargs=2, default=(32, 256))
