@@ -339,9 +339,23 @@ def sweep_decode(device: torch.device, smoke: bool, iters: int) -> None:
 # 5. Extend (chunked prefill over a cached prefix)
 
 
-def bench_extend(device: torch.device, smoke: bool, iters: int) -> None:
-    nseq, qlen, prefix = (2, 64, 64) if smoke else (8, 1024, 1024)
-    heads, kvh, d, block_size = 32, 8, 128, 16
+EXTEND_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
+# the long shape (W-long's second chunk) tries deeper pipelines and wider key tiles too
+EXTEND_LONG_CONFIGS = EXTEND_CONFIGS + [(128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3),
+                                        (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 8, 4)]  # fmt: skip
+
+
+def bench_extend(device: torch.device, smoke: bool, iters: int, long: bool = False) -> None:
+    """Short shape: 8 x 1024 new over 1024 cached, 32/8 heads (K1's model). ``long``: one
+    sequence's 16,384 new tokens over 16,384 cached, 16/8 heads (Qwen3-0.6B): the second
+    chunk of a W-long 32k prompt, where the prefill time goes."""
+    if long:
+        nseq, qlen, prefix = (1, 64, 64) if smoke else (1, 16384, 16384)
+        heads, kvh, d, block_size = 16, 8, 128, 16
+        iters = max(3, iters // 5)
+    else:
+        nseq, qlen, prefix = (2, 64, 64) if smoke else (8, 1024, 1024)
+        heads, kvh, d, block_size = 32, 8, 128, 16
     ctx = prefix + qlen
     cache, tables = paged_cache([ctx] * nseq, block_size, kvh, d, device, seed=3)
     meta = metadata_for([(ctx, qlen)] * nseq, 0, tables, block_size)
@@ -350,7 +364,7 @@ def bench_extend(device: torch.device, smoke: bool, iters: int) -> None:
     pairs = nseq * heads * (qlen * prefix + qlen * (qlen + 1) / 2)
     tflop = 4 * d * pairs / 1e12
     res: dict[str, Any] = {"nseq": nseq, "qlen": qlen, "prefix": prefix, "tflop": tflop}
-    RESULTS["extend"] = res
+    RESULTS["extend_long" if long else "extend"] = res
 
     def ours(bm=None, bn=None, w=None, s=None) -> None:
         paged_extend_attention(
@@ -359,7 +373,7 @@ def bench_extend(device: torch.device, smoke: bool, iters: int) -> None:
         )  # fmt: skip
 
     res["ours"] = _row_tflops("paged extend (default tiles)", timed(ours, iters, 3, device), tflop)
-    configs = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
+    configs = EXTEND_LONG_CONFIGS if long else EXTEND_CONFIGS
     res["configs"] = []
     for bm, bn, w, s in configs[:1] if smoke else configs:
         try:
@@ -413,6 +427,7 @@ def main() -> int:
     parser.add_argument("--iters", type=int, default=50, help="timed calls per variant")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (CPU plumbing check)")
     parser.add_argument("--skip-correctness", action="store_true")
+    parser.add_argument("--only", default="", help="comma-separated section names to run")
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.type != "cuda" and not args.smoke:
@@ -436,7 +451,10 @@ def main() -> int:
         ("K1 decode", lambda: bench_decode(device, args.smoke, iters)),
         ("decode sweeps", lambda: sweep_decode(device, args.smoke, iters)),
         ("extend", lambda: bench_extend(device, args.smoke, iters)),
+        ("extend long", lambda: bench_extend(device, args.smoke, iters, long=True)),
     ]
+    if args.only:
+        steps = [(name, fn) for name, fn in steps if name in args.only.split(",")]
     for name, fn in steps:
         if name == "correctness" and args.skip_correctness:
             continue

@@ -70,8 +70,11 @@ def _extend_tile_loop(
                 visible = visible & (offs_n[None, :] > pos_m[:, None] - sliding_window)
             s = tl.where(visible, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
-        # A row may see no key of a tile (sliding window): keep exp2 arguments finite.
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        if MASKED:
+            # A row may see no key of a tile (sliding window): keep exp2 arguments finite.
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_safe = m_new  # unmasked tiles: every row sees every key, so m_new is finite
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
@@ -117,7 +120,9 @@ def _paged_extend_kernel(
     DOT_FP32: tl.constexpr,
 ):
     seq = seq_offset + tl.program_id(0)
-    m_tile = tl.program_id(1)
+    # Causal work grows with the tile index: the heaviest tiles start first, so the last wave
+    # of programs on the SMs is made of short ones (less tail at long contexts).
+    m_tile = tl.num_programs(1) - 1 - tl.program_id(1)
     head = tl.program_id(2)
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
