@@ -127,3 +127,28 @@ def test_swap_out_and_in_roundtrip():
     assert kv.num_cpu_free_blocks == 4
     kv.free(req)
     assert kv.num_free_blocks == 8
+
+
+def test_long_prompt_repeated_hits_without_deep_equality():
+    """A 32k-token prompt is a chain of 2,000 block identities. Asked again, its identities
+    must chain from the cached ones (equality stops at the first shared parent): comparing
+    two independently built chains used to recurse once per block (RecursionError on the
+    H200's W-long run) and cost O(blocks) per lookup."""
+    import time
+
+    n = 3000  # blocks, deeper than Python's default recursion limit
+    kv = KVCacheManager(num_blocks=2 * n + 8, block_size=1)
+    prompt = list(range(7, 7 + n))
+    _admit(kv, make_request("first", prompt))
+    start = time.perf_counter()
+    assert _admit(kv, make_request("again", prompt)) == n - 1
+    assert time.perf_counter() - start < 2.0
+    check_pool(kv)
+    # two chains built apart compare equal, iteratively, and differ at the root
+    a = b = c = None
+    for i, t in enumerate(prompt):
+        a = block_pool.make_block_hash(a, [t])
+        b = block_pool.make_block_hash(b, [t])
+        c = block_pool.make_block_hash(c, [t + 1 if i == 0 else t])
+    assert a == b and a is not b and hash(a) == hash(b)
+    assert a != c

@@ -45,13 +45,16 @@ def hash_block_tokens(
     return hash((parent_hash, token_ids, extra_keys))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False, repr=False)
 class BlockHash:
     """Identity of a full block: its tokens, extra keys and its parent block's identity.
 
     ``value`` is the chained hash used as the dict hash; equality compares everything (the
-    parent chain included, which is O(1) when the parents are the same object), so two blocks
-    are equal exactly when their whole prefixes are equal.
+    parent chain included), so two blocks are equal exactly when their whole prefixes are
+    equal. The walk up the chain is a loop that stops at the first shared object: O(1) when
+    the parents are the same object (the KV manager chains a request's identities from the
+    cached ones it hit), and never a recursion as deep as the prompt (a 32k-token prompt is a
+    chain of 2,000 blocks).
     """
 
     value: int
@@ -60,8 +63,30 @@ class BlockHash:
     extra_keys: tuple = ()
 
     def __hash__(self) -> int:
-        # The generated hash would walk the whole parent chain: the chained value suffices.
+        # A generated hash would walk the whole parent chain: the chained value suffices.
         return self.value
+
+    def __repr__(self) -> str:
+        # shallow: a generated repr would print the whole chain, recursively
+        parent = None if self.parent is None else self.parent.value
+        return f"BlockHash(value={self.value}, parent={parent}, tokens={len(self.token_ids)})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, BlockHash):
+            return NotImplemented
+        a: BlockHash | None = self
+        b: BlockHash | None = other
+        while a is not b:
+            if (
+                a is None
+                or b is None
+                or a.value != b.value
+                or a.token_ids != b.token_ids
+                or a.extra_keys != b.extra_keys
+            ):
+                return False
+            a, b = a.parent, b.parent
+        return True
 
 
 def make_block_hash(

@@ -282,7 +282,9 @@ class KVCacheManager:
         if needed and self.pool.num_free_blocks - needed < reserve:
             return False
         if is_new:
-            self._hashes[rid] = []
+            # a hit's identities are the cached blocks' own objects: the identities built
+            # after them chain from those, so equality checks stop at the first shared parent
+            self._hashes[rid] = self._hit_identities(request, hits, num_hit)
         if hits:
             # touch first, so the allocations below can never evict a hit
             self.pool.touch(b for row in hits for b in row if b is not None)
@@ -354,6 +356,21 @@ class KVCacheManager:
             table = mgr.tables[request.request_id]
             if table.num_cached < num_full:
                 self._note_registered(mgr.cache_blocks(table, hashes, num_full))
+
+    def _hit_identities(self, request: Request, hits: GroupHits, num_hit: int) -> list[BlockHash]:
+        """Identities of the ``num_hit`` hit blocks: a cached block's own where some group holds
+        one (window groups hold only the last few), else built from the tokens."""
+        if not self._uses_cache(request):
+            return []
+        bs = self.block_size
+        tokens = request.all_token_ids
+        identities: list[BlockHash] = []
+        parent: BlockHash | None = None
+        for i in range(num_hit):
+            cached = next((row[i].block_hash for row in hits if row[i] is not None), None)
+            parent = cached or make_block_hash(parent, tokens[i * bs : (i + 1) * bs])
+            identities.append(parent)
+        return identities
 
     def _note_registered(self, blocks: list[KVBlock]) -> None:
         """Record registrations until their step is known to succeed (``take_newly_cached``)."""
