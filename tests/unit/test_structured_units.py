@@ -113,26 +113,3 @@ def test_matchers_follow_tokens_and_forks():
     manager.release(["a"])
     assert manager.num_active == 0
 
-
-def test_parallel_mask_fill_equals_serial():
-    """Steps with many constrained rows fill their masks on llguidance's thread pool; the words
-    must be those of the row-by-row fill, unconstrained rows stay all ones."""
-    pytest.importorskip("llguidance")
-    from pagedllm.loader import load_model_source
-    from pagedllm.structured.manager import StructuredOutputManager
-
-    tokenizer = load_model_source(None, "auto", None).tokenizer
-    specs = [StructuredOutputParams(choice=["yes", "no", "maybe"]),
-             StructuredOutputParams(regex=r"[0-9]{2,4}"), None,
-             StructuredOutputParams(json={"type": "object", "properties": {
-                 "a": {"type": "integer"}}, "required": ["a"]})] * 3  # fmt: skip
-    tokens = [[], tokenizer.encode("12"), [], tokenizer.encode('{"a"')] * 3
-    ids = [f"r{i}" for i in range(len(specs))]
-    parallel = StructuredOutputManager(tokenizer, 49152)
-    serial = StructuredOutputManager(tokenizer, 49152)
-    serial.PARALLEL_MIN_ROWS = 10**9
-    got = parallel.bitmask(ids, specs, tokens)
-    want = serial.bitmask(ids, specs, tokens)
-    assert parallel._executor is not None and serial._executor is None  # noqa: SLF001
-    assert (got == want).all()
-    assert (got[2] == -1).all() and not (got[0] == -1).all()

@@ -188,7 +188,11 @@ def _default_tiles(head_dim: int, dtype: torch.dtype, on_gpu: bool) -> tuple[int
         return 64, 32, 4, 2  # 4-byte tiles: stay well inside shared memory
     if head_dim <= 64:
         return 128, 64, 4, 3
-    return 128, 64, 8, 2
+    if head_dim <= 128:
+        # H200 sweep (benchmarks/RESULTS.md): 423 TFLOP/s at 16k new over 16k cached tokens
+        # vs 328 for (128, 64, 8, 2); Q + 3 stages of K/V tiles = 224 KiB of shared memory
+        return 128, 128, 8, 3
+    return 128, 64, 8, 2  # d 256 (Gemma): 128-key tiles in 3 stages would not fit
 
 
 def paged_extend_attention(

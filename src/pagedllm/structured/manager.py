@@ -8,16 +8,14 @@ recompute preemption (the output is kept, the matcher with it). Should a sequenc
 fewer tokens than its matcher saw, a fresh matcher replays them. Masks are int32 words, bit ``t %
 32`` of word ``t // 32`` set when token ``t`` is allowed (llguidance's and xgrammar's layout).
 
-The rows of a step are filled in parallel by llguidance's thread pool (``LLExecutor``, Rust
-threads outside the GIL) once a step has more than a few constrained rows: one row costs ~60 us
-on a server core, so 32 rows in series (~1.9 ms) were as long as a whole decode step of a small
-model on an H200.
+The rows of a step are filled one after the other. llguidance's thread pool (``LLExecutor``)
+was tried and measured slower on the H200 host (2.98 vs 1.88 ms per step for 32 JSON rows,
+``benchmarks/RESULTS.md``), so it is not used.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,10 +42,6 @@ class StructuredOutputManager:
         self.compiler = GrammarCompiler(tokenizer, vocab_size)
         self.vocab_size = vocab_size
         self._states: dict[str, _SequenceState] = {}
-        self._executor: Any = None  # llguidance.LLExecutor, made on the first parallel fill
-
-    # below this many constrained rows a step fills its masks in series (thread hand-off costs)
-    PARALLEL_MIN_ROWS = 4
 
     @property
     def num_words(self) -> int:
@@ -88,32 +82,17 @@ class StructuredOutputManager:
         if all(spec is None for spec in specs):
             return None
         mask = np.full((len(specs), self.num_words), -1, dtype=np.int32)
-        pending: list[tuple[Any, int]] = []
         for row, (rid, spec, tokens) in enumerate(
             zip(request_ids, specs, output_token_ids, strict=True)
         ):
             if spec is None:
                 continue
             matcher = self.sync(rid, spec, tokens)
-            if not self._states[rid].failed:
-                pending.append((matcher, row))
-        if len(pending) >= self.PARALLEL_MIN_ROWS:
-            self._parallel_executor().unsafe_compute_mask_ptr(
-                pending, mask.ctypes.data, mask.shape[1] * 4, mask.shape[0]
-            )
-        else:
-            for matcher, row in pending:
-                view = mask[row]
-                matcher.unsafe_compute_mask_ptr(view.ctypes.data, view.nbytes)
+            if self._states[rid].failed:
+                continue
+            view = mask[row]
+            matcher.unsafe_compute_mask_ptr(view.ctypes.data, view.nbytes)
         return mask
-
-    def _parallel_executor(self) -> Any:
-        if self._executor is None:
-            import llguidance
-
-            # at most 8 threads: more only adds hand-off cost for a batch's few dozen rows
-            self._executor = llguidance.LLExecutor(num_threads=max(1, min(8, os.cpu_count() or 1)))
-        return self._executor
 
     def is_finished(self, request_id: str) -> bool:
         """Whether the sequence's grammar is complete (only EOS may follow), as of the last
