@@ -339,10 +339,13 @@ def sweep_decode(device: torch.device, smoke: bool, iters: int) -> None:
 # 5. Extend (chunked prefill over a cached prefix)
 
 
-EXTEND_CONFIGS = [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (64, 64, 4, 3), (64, 32, 4, 2)]
+# (BLOCK_M, BLOCK_N, warps, stages, GQA packing); the default tiles run first, packed
+EXTEND_CONFIGS = [(128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 128, 8, 2, False),
+                  (128, 128, 8, 3, False), (64, 64, 4, 3, False), (64, 32, 4, 2, False),
+                  (128, 64, 8, 3, True), (64, 64, 4, 3, True)]  # fmt: skip
 # the long shape (W-long's second chunk) tries deeper pipelines and wider key tiles too
-EXTEND_LONG_CONFIGS = EXTEND_CONFIGS + [(128, 128, 8, 3), (128, 64, 4, 3), (128, 32, 4, 3),
-                                        (64, 64, 4, 4), (64, 128, 4, 3), (128, 64, 8, 4)]  # fmt: skip
+EXTEND_LONG_CONFIGS = EXTEND_CONFIGS + [(128, 32, 4, 3, False), (128, 64, 4, 3, True),
+                                        (128, 128, 4, 3, True), (64, 128, 4, 3, True)]  # fmt: skip
 
 
 def bench_extend(device: torch.device, smoke: bool, iters: int, long: bool = False) -> None:
@@ -366,20 +369,21 @@ def bench_extend(device: torch.device, smoke: bool, iters: int, long: bool = Fal
     res: dict[str, Any] = {"nseq": nseq, "qlen": qlen, "prefix": prefix, "tflop": tflop}
     RESULTS["extend_long" if long else "extend"] = res
 
-    def ours(bm=None, bn=None, w=None, s=None) -> None:
+    def ours(bm=None, bn=None, w=None, s=None, pack=None) -> None:
         paged_extend_attention(
             query, cache, tables, meta.seq_lens, meta.query_start_loc, d**-0.5, qlen,
-            out=out, block_m=bm, block_n=bn, num_warps=w, num_stages=s,
+            out=out, block_m=bm, block_n=bn, num_warps=w, num_stages=s, pack_gqa=pack,
         )  # fmt: skip
 
     res["ours"] = _row_tflops("paged extend (default tiles)", timed(ours, iters, 3, device), tflop)
     configs = EXTEND_LONG_CONFIGS if long else EXTEND_CONFIGS
     res["configs"] = []
-    for bm, bn, w, s in configs[:1] if smoke else configs:
+    for bm, bn, w, s, pack in configs[:1] if smoke else configs:
         try:
-            ms = timed(lambda bm=bm, bn=bn, w=w, s=s: ours(bm, bn, w, s), iters, 3, device)
-            r = _row_tflops(f"paged extend BM={bm} BN={bn} w={w} s={s}", ms, tflop)
-            res["configs"].append({**r, "block_m": bm, "block_n": bn, "num_warps": w, "stages": s})
+            ms = timed(lambda bm=bm, bn=bn, w=w, s=s, p=pack: ours(bm, bn, w, s, p), iters, 3, device)
+            r = _row_tflops(f"paged extend BM={bm} BN={bn} w={w} s={s} pack={pack:d}", ms, tflop)
+            res["configs"].append({**r, "block_m": bm, "block_n": bn, "num_warps": w, "stages": s,
+                                   "pack_gqa": pack})  # fmt: skip
         except Exception as exc:  # noqa: BLE001
             print(f"extend config failed: {type(exc).__name__}: {str(exc)[:200]}", flush=True)
     # Contiguous peer: SDPA flash with the causal diagonal at the bottom right (queries last).

@@ -25,7 +25,8 @@ CASES = [
 ]
 
 
-def _run(device, seqs, block_size, group, head_dim, dtype, seq_offset=0, sliding_window=None):
+def _run(device, seqs, block_size, group, head_dim, dtype, seq_offset=0, sliding_window=None,
+         pack_gqa=None):  # fmt: skip
     seq_lens = [s for s, _ in seqs]
     query_lens = [q for _, q in seqs]
     case = make_paged_case(seq_lens, block_size, NUM_KV_HEADS, head_dim, dtype, device, seed=11)
@@ -46,6 +47,7 @@ def _run(device, seqs, block_size, group, head_dim, dtype, seq_offset=0, sliding
         seq_offset=seq_offset,
         sliding_window=sliding_window,
         out=out,
+        pack_gqa=pack_gqa,
     )
     return case, query, out, qsl.tolist(), scale
 
@@ -72,9 +74,23 @@ def test_extend_skips_leading_sequences(device: torch.device) -> None:
         torch.testing.assert_close(out[rows], ref, **tolerance(F32))
 
 
+@pytest.mark.parametrize("group,pack_gqa", [(4, False), (4, True), (2, True)])
+def test_extend_gqa_packing(device: torch.device, group: int, pack_gqa: bool | None) -> None:
+    """Query heads of one KV head packed into one tile (the GPU default) or one head per tile:
+    both equal the dense reference, causal and with a window."""
+    for window in (None, 16):
+        case, query, out, qsl, scale = _run(device, SEQS, 16, group, 64, F32,
+                                            sliding_window=window, pack_gqa=pack_gqa)  # fmt: skip
+        for i in range(len(SEQS)):
+            rows = slice(qsl[i], qsl[i + 1])
+            ref = dense_reference(query[rows], case.keys[i], case.values[i], scale, window)
+            torch.testing.assert_close(out[rows], ref, **tolerance(F32))
+
+
 @pytest.mark.parametrize("window", [1, 16, 45])
 def test_extend_sliding_window(device: torch.device, window: int) -> None:
-    case, query, out, qsl, scale = _run(device, SEQS, 8, 4, 64, F32, sliding_window=window)
+    case, query, out, qsl, scale = _run(device, SEQS, 8, 4, 64, F32, sliding_window=window,
+                                        pack_gqa=True)  # fmt: skip
     for i in range(len(SEQS)):
         rows = slice(qsl[i], qsl[i + 1])
         ref = dense_reference(query[rows], case.keys[i], case.values[i], scale, window)

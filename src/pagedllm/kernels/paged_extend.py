@@ -110,6 +110,7 @@ def _paged_extend_kernel(
     stride_ch,
     stride_bt,
     NUM_GROUP: tl.constexpr,
+    NUM_PACK: tl.constexpr,
     HEAD_DIM: tl.constexpr,
     BLOCK_SIZE: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -123,29 +124,30 @@ def _paged_extend_kernel(
     # Causal work grows with the tile index: the heaviest tiles start first, so the last wave
     # of programs on the SMs is made of short ones (less tail at long contexts).
     m_tile = tl.num_programs(1) - 1 - tl.program_id(1)
-    head = tl.program_id(2)
+    # A tile's rows are (query, head) pairs: NUM_PACK query heads of one KV head side by side
+    # (GQA packing), so each K/V tile read from the pages serves NUM_PACK heads.
+    head_base = tl.program_id(2) * NUM_PACK
     q_start = tl.load(query_start_loc_ptr + seq)
     q_len = tl.load(query_start_loc_ptr + seq + 1) - q_start
-    if m_tile * BLOCK_M < q_len:
+    if m_tile * (BLOCK_M // NUM_PACK) < q_len:
         seq_len = tl.load(seq_lens_ptr + seq)
         prefix = seq_len - q_len
-        offs_m = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_r = m_tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_m = offs_r // NUM_PACK  # each row's query index in the chunk
+        heads = head_base + offs_r % NUM_PACK  # each row's query head
         offs_d = tl.arange(0, HEAD_DIM)
         mmask = offs_m < q_len
         rows = (q_start + offs_m).to(tl.int64)
-        q = tl.load(
-            q_ptr + rows[:, None] * stride_qt + head * stride_qh + offs_d[None, :],
-            mask=mmask[:, None],
-            other=0.0,
-        )
+        q_offs = rows[:, None] * stride_qt + heads[:, None] * stride_qh + offs_d[None, :]
+        q = tl.load(q_ptr + q_offs, mask=mmask[:, None], other=0.0)
         if DOT_FP32:
             q = q.to(tl.float32)
         pos_m = prefix + offs_m
-        first_pos = prefix + m_tile * BLOCK_M
+        first_pos = prefix + m_tile * (BLOCK_M // NUM_PACK)
         # Keys past the tile's last query position are never visible.
-        hi = tl.minimum(first_pos + BLOCK_M, seq_len)
+        hi = tl.minimum(first_pos + BLOCK_M // NUM_PACK, seq_len)
         bt_row = block_tables_ptr + seq.to(tl.int64) * stride_bt
-        k_base = cache_ptr + (head // NUM_GROUP) * stride_ch
+        k_base = cache_ptr + (head_base // NUM_GROUP) * stride_ch
 
         m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -174,7 +176,7 @@ def _paged_extend_kernel(
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         out = acc / l_safe[:, None]
         tl.store(
-            out_ptr + rows[:, None] * stride_ot + head * stride_oh + offs_d[None, :],
+            out_ptr + rows[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
             out.to(out_ptr.dtype.element_ty),
             mask=mmask[:, None],
         )
@@ -212,6 +214,7 @@ def paged_extend_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     softcap: float | None = None,
+    pack_gqa: bool | None = None,
 ) -> torch.Tensor:
     """Causal attention of variable-length query chunks over their paged contexts.
 
@@ -219,6 +222,8 @@ def paged_extend_attention(
     ``query`` ``[T, H, d]`` are given by the absolute ``query_start_loc``); rows of other
     sequences in ``out`` are left untouched. ``max_query_len`` is an upper bound on those
     sequences' query lengths (it sizes the grid). Returns ``out`` (``[T, H, d]``).
+    ``pack_gqa`` puts the query heads of one KV head in the same tile (default: on the GPU
+    when heads share KV heads), so each K/V page read serves all of them.
     """
     num_heads, head_dim = query.shape[1], query.shape[2]
     out = torch.empty_like(query) if out is None else out
@@ -231,7 +236,11 @@ def paged_extend_attention(
     block_m = block_m or dm
     block_n = block_n or dn
     precision, upcast = dot_options(query.dtype)
-    grid = (num_seqs, triton.cdiv(max_query_len, block_m), num_heads)
+    group = num_heads // num_kv_heads
+    if pack_gqa is None:
+        pack_gqa = query.is_cuda and group > 1
+    pack = group if pack_gqa and block_m % group == 0 else 1
+    grid = (num_seqs, triton.cdiv(max_query_len * pack, block_m), num_heads // pack)
     _paged_extend_kernel[grid](
         query,
         kv_cache,
@@ -252,7 +261,8 @@ def paged_extend_attention(
         kv_cache.stride(2),
         kv_cache.stride(3),
         block_tables.stride(0),
-        NUM_GROUP=num_heads // num_kv_heads,
+        NUM_GROUP=group,
+        NUM_PACK=pack,
         HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size,
         BLOCK_M=block_m,
