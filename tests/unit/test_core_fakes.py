@@ -111,7 +111,13 @@ class FakeRunner:
         return table[pos // self.bs] * self.bs + pos % self.bs
 
     def apply_moves(self, out: SchedulerOutput) -> None:
-        """The plan's copies in the documented order (core/scheduler_output.py)."""
+        """The plan's copies in the documented order (core/scheduler_output.py).
+
+        The real runner batches each phase (one gather/scatter per direction), so two copies
+        into one device block in a plan land in no defined order: refuse them here.
+        """
+        dsts = [d for _, d in out.blocks_to_copy + out.blocks_to_swap_in + out.blocks_to_load]
+        assert len(dsts) == len(set(dsts)), f"a device block is written twice by one plan: {dsts}"
         for page, name in out.disk_writes:
             self._copy(self.cpu, page, self.disk.setdefault(name, {}), 0)
         for dev, cpu in out.blocks_to_swap_out + out.blocks_to_offload:

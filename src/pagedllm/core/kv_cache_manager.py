@@ -472,9 +472,19 @@ class KVCacheManager:
 
     # ------------------------------------------------------------------- swap
     def can_swap_out(self, request: Request) -> bool:
-        """True when the CPU pool has a page for every live device block of ``request``."""
-        n = self.num_blocks_of(request.request_id)
+        """True when the CPU pool has a page for every device block ``swap_out`` would move."""
+        n = self._num_blocks_to_swap(request)
         return n > 0 and self.host.can_allocate_swap(n)
+
+    def _num_blocks_to_swap(self, request: Request) -> int:
+        """Live blocks of ``request`` its windows still see (what ``swap_out`` moves)."""
+        total = 0
+        for mgr in self.groups:
+            table = mgr.tables.get(request.request_id)
+            if table is not None:
+                skip = min(mgr.num_skipped_blocks(request.num_computed_tokens), len(table.blocks))
+                total += len(table.blocks) - max(skip, table.num_null)
+        return total
 
     def _num_swapped(self, request: Request) -> int:
         return sum(
@@ -494,15 +504,19 @@ class KVCacheManager:
     def swap_out(self, request: Request) -> list[tuple[int, int]]:
         """Move the request's live blocks to CPU pages: returns (device, cpu) block pairs.
 
-        Null slots stay null (nothing to move). The device blocks lose this request's
-        reference (shared ones stay with their other holders); the copy must happen before
-        any of them is written again.
+        Null slots stay null (nothing to move). Pages a window no longer sees are freed first,
+        not moved: swapped back in, they would be freed by the very next allocation, in the
+        swap-in's own step, where another swap-in could be given them as its destination (two
+        host -> device copies into one block in one plan, which a batched copy applies in no
+        defined order). The device blocks lose this request's reference (shared ones stay with
+        their other holders); the copy must happen before any of them is written again.
         """
         if not self.can_swap_out(request):
             raise ValueError(f"no room to swap out request {request.request_id!r}")
         pairs: list[tuple[int, int]] = []
         for mgr in self.groups:
             table = mgr.tables[request.request_id]
+            mgr.remove_skipped_blocks(table, request.num_computed_tokens)
             live = table.live
             cpu = self.host.allocate_swap(len(live))
             pairs.extend((b.block_id, c) for b, c in zip(live, cpu, strict=True))

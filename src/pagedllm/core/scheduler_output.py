@@ -68,10 +68,11 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         """Nothing to run and no page to move (a plan with moves only must still be executed:
-        e.g. a waiting beam swapped out to make room)."""
+        e.g. a waiting beam swapped out to make room, and the write-backs it caused)."""
         return not (
             self.scheduled or self.blocks_to_copy or self.blocks_to_swap_in
-            or self.blocks_to_swap_out
+            or self.blocks_to_swap_out or self.blocks_to_offload or self.blocks_to_load
+            or self.disk_writes or self.disk_reads or self.disk_deletes
         )  # fmt: skip
 
     # requests whose pages this step's swap copies move: if the step fails, they fail with it
