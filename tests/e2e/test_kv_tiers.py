@@ -116,3 +116,33 @@ def test_disk_tier_survives_a_restart_and_skips_corrupted_entries(hf_tokenizer, 
     out = corrupted.generate([prompt], GREEDY, use_tqdm=False)[0]
     assert out.num_cached_tokens == 0 and out.outputs[0].token_ids == reference
     _assert_tiers_sound(corrupted)
+
+
+def test_bench_multiturn_saves_prefill_with_the_host_tier():
+    """``pagedllm bench multiturn`` at tiny sizes: identical answers off vs on, the on run
+    loads its histories (prefill saved, bytes moved = the timed copies' bytes)."""
+    from pagedllm.benchmark.multiturn import MultiTurnSpec, compare, format_table
+    from pagedllm.config import EngineConfig
+    from pagedllm.engine.llm_engine import LLMEngine
+    from pagedllm.loader.bundled import bundled_model_path
+
+    # histories of ~76 tokens (10 blocks); the pool holds one, the other two waves evict it
+    spec = MultiTurnSpec(3, 2, 16, 8, 4, 1, doc_len=40)
+
+    def make_engine(cpu_cache_memory: int) -> LLMEngine:
+        config = EngineConfig.from_flat(
+            model=str(bundled_model_path()), cpu_cache_memory=cpu_cache_memory, **BASE
+        )
+        return LLMEngine.from_config(config.validate())
+
+    result = compare(make_engine, spec, 8 << 20)
+    off, on = result["runs"]
+    assert result["outputs_identical"], format_table(result)
+    assert off["host_tier_hit_blocks"] == 0 and off["tier_bytes_to_device"] == 0
+    assert on["host_tier_hit_blocks"] > 0
+    assert on["prefill_tokens_saved"] >= off["prefill_tokens_saved"] + 3 * 48
+    assert on["copies"]["to_device"]["bytes"] == on["tier_bytes_to_device"] > 0
+    assert on["load_seconds"] > 0 and on["load_GBps"] > 0
+    assert "TTFT p50 speedup" in format_table(result)
+    with pytest.raises(ValueError, match="concurrency"):
+        MultiTurnSpec(concurrency=0).validate()

@@ -186,7 +186,6 @@ def test_swap_moves_only_live_blocks():
     assert kv.num_free_blocks == kv.num_blocks and kv.num_cpu_free_blocks == 20
 
 
-
 def test_swap_out_leaves_pages_outside_the_window_behind():
     """Regression (gemma2, n = 3, swap: wrong tokens for some hash seeds). A forked child was
     swapped out with every page it shared with its parent, those its window no longer sees
@@ -228,6 +227,7 @@ def test_swap_out_leaves_pages_outside_the_window_behind():
         check_pool(kv)
     assert not sched.has_unfinished_requests() and sched.num_swap_outs > 0 and swapped_in
     assert kv.num_free_blocks == kv.num_blocks and kv.host.num_swap == 0
+
 
 GROUPS = [[4], [None, 3], [5, None, 2], [None, 16], [1]]
 

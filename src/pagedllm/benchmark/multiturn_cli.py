@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import json
 
-from pagedllm.benchmark.multiturn import MultiTurnSpec, compare, format_table
+from pagedllm.benchmark.multiturn import SPEC_HELP, MultiTurnSpec, compare, format_table
 
 
 def add_multiturn_args(parser: argparse.ArgumentParser) -> None:
@@ -15,7 +15,7 @@ def add_multiturn_args(parser: argparse.ArgumentParser) -> None:
         if field.name == "seed":
             continue  # the engine's --seed seeds the prompts too
         flag = "--" + field.name.replace("_", "-")
-        parser.add_argument(flag, type=int, default=field.default)
+        parser.add_argument(flag, type=int, default=field.default, help=SPEC_HELP[field.name])
     parser.add_argument("--preset", default=None, help="qwen3-0.6b or qwen3-8b (HF-style config)")
     parser.add_argument("--dummy", action="store_true", help="random weights (load_format=dummy)")
     parser.add_argument(

@@ -38,17 +38,15 @@ from __future__ import annotations
 
 from pagedllm.core.block_pool import BlockHash, BlockPool, KVBlock, make_block_hash
 from pagedllm.core.host_tier import HostPool
+from pagedllm.core.kv_swap import KVSwapMixin
 from pagedllm.core.kv_tiers import KVTiers, TierHit, TierMoves
+from pagedllm.core.prefix_lookup import GroupHits, find_prefix_hits
 from pagedllm.core.request import Request
 from pagedllm.core.single_type_manager import (
     GroupTable,
     SingleTypeKVManager,
     SlidingWindowKVManager,
 )
-
-# prefix hits per group: ``hits[g][i]`` is block i of group g (a device block, or a hit in a
-# lower tier to load), None where a window group does not need it (its slot gets the null block)
-GroupHits = list[list[KVBlock | TierHit | None]]
 
 
 def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
@@ -58,7 +56,7 @@ def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> N
         raise ValueError(f"{name} must be {kind} integer, got {value!r}")
 
 
-class KVCacheManager:
+class KVCacheManager(KVSwapMixin):
     """Block tables per request and KV cache group, prefix hits, forks, swap maps."""
 
     def __init__(
@@ -197,71 +195,9 @@ class KVCacheManager:
         """
         if not self._uses_cache(request) or request.request_id in self._hashes:
             return [], 0
-        bs = self.block_size
-        tokens = request.all_token_ids
-        found: GroupHits = [[] for _ in self.groups]
-        parent: BlockHash | None = None
-        # a disk hit is read into a host page: stop where the host pool has no more room
-        # (host hits pin their pages, which leaves fewer to evict), or the request would wait
-        # for room forever
-        room = self.tiers.host.num_free + self.tiers.host.num_evictable()
-        num_tier = num_disk = 0
-        for i in range((len(tokens) - 1) // bs):
-            chunk = tokens[i * bs : (i + 1) * bs]
-            block_hash = make_block_hash(parent, chunk)
-            row = [self._find_block(block_hash, chunk, g) for g in range(len(found))]
-            if any(
-                b is None for b, m in zip(row, self.groups, strict=True) if m.sliding_window is None
-            ):
-                break  # a full group misses: no longer hit is possible
-            tier = [b for b in row if isinstance(b, TierHit)]
-            num_tier += len(tier)
-            num_disk += sum(1 for b in tier if b.page is None)
-            if num_disk and num_tier > room:
-                break
-            for g, block in enumerate(row):
-                found[g].append(block)
-            # chain from a cached object so later equality checks stop at identity
-            hit = next((b for b in row if b is not None), None)
-            parent = block_hash if hit is None else hit.block_hash
-        num_hit = self._longest_usable_hit(found)
-        if num_hit == 0:
-            return [], 0
-        hits: GroupHits = []
-        for mgr, blocks in zip(self.groups, found, strict=True):
-            first = mgr.hit_window_blocks(num_hit)
-            hits.append([None] * first + blocks[first:num_hit])
-        return hits, num_hit * bs
-
-    def _find_block(
-        self, block_hash: BlockHash, chunk: list[int], group: int
-    ) -> KVBlock | TierHit | None:
-        """Group ``group``'s block with this identity: on the device, else in a lower tier."""
-        block = self.pool.get_cached_block(block_hash, chunk, group)
-        if block is None and self.tiers.caching:
-            return self.tiers.lookup(group, block_hash)
-        return block
-
-    def _longest_usable_hit(self, found: GroupHits) -> int:
-        """Largest ``h`` such that every group has the blocks it needs of a ``h``-block hit."""
-        h = len(found[0]) if found else 0
-        misses = []  # per group: misses[g][i] = missing blocks among the first i
-        for blocks in found:
-            counts = [0]
-            for block in blocks:
-                counts.append(counts[-1] + (block is None))
-            misses.append(counts)
-        while h > 0:
-            ok = True
-            for mgr, counts in zip(self.groups, misses, strict=True):
-                first = mgr.hit_window_blocks(h)
-                if counts[h] - counts[first]:
-                    ok = False
-                    break
-            if ok:
-                return h
-            h -= 1
-        return 0
+        return find_prefix_hits(
+            self.pool, self.groups, self.tiers, self.block_size, request.all_token_ids
+        )
 
     def allocate_slots(
         self,
@@ -469,82 +405,3 @@ class KVCacheManager:
             table = mgr.free(request.request_id)
             if table is not None and table.cpu_block_ids:
                 self.host.release_swap_now(table.cpu_block_ids)
-
-    # ------------------------------------------------------------------- swap
-    def can_swap_out(self, request: Request) -> bool:
-        """True when the CPU pool has a page for every device block ``swap_out`` would move."""
-        n = self._num_blocks_to_swap(request)
-        return n > 0 and self.host.can_allocate_swap(n)
-
-    def _num_blocks_to_swap(self, request: Request) -> int:
-        """Live blocks of ``request`` its windows still see (what ``swap_out`` moves)."""
-        total = 0
-        for mgr in self.groups:
-            table = mgr.tables.get(request.request_id)
-            if table is not None:
-                skip = min(mgr.num_skipped_blocks(request.num_computed_tokens), len(table.blocks))
-                total += len(table.blocks) - max(skip, table.num_null)
-        return total
-
-    def _num_swapped(self, request: Request) -> int:
-        return sum(
-            len(mgr.tables[request.request_id].cpu_block_ids)
-            for mgr in self.groups
-            if request.request_id in mgr.tables
-        )
-
-    def can_swap_in(self, request: Request, reserve_watermark: bool = True) -> bool:
-        """True when the device pool can take back every swapped block (plus the watermark)."""
-        n = self._num_swapped(request)
-        if n == 0:
-            return False
-        reserve = self.watermark_blocks if reserve_watermark else 0
-        return self.pool.num_free_blocks - n >= reserve
-
-    def swap_out(self, request: Request) -> list[tuple[int, int]]:
-        """Move the request's live blocks to CPU pages: returns (device, cpu) block pairs.
-
-        Null slots stay null (nothing to move). Pages a window no longer sees are freed first,
-        not moved: swapped back in, they would be freed by the very next allocation, in the
-        swap-in's own step, where another swap-in could be given them as its destination (two
-        host -> device copies into one block in one plan, which a batched copy applies in no
-        defined order). The device blocks lose this request's reference (shared ones stay with
-        their other holders); the copy must happen before any of them is written again.
-        """
-        if not self.can_swap_out(request):
-            raise ValueError(f"no room to swap out request {request.request_id!r}")
-        pairs: list[tuple[int, int]] = []
-        for mgr in self.groups:
-            table = mgr.tables[request.request_id]
-            mgr.remove_skipped_blocks(table, request.num_computed_tokens)
-            live = table.live
-            cpu = self.host.allocate_swap(len(live))
-            pairs.extend((b.block_id, c) for b, c in zip(live, cpu, strict=True))
-            self.pool.free_blocks(reversed(live))
-            del table.blocks[table.num_null :]
-            del table.block_ids[table.num_null :]
-            table.cpu_block_ids = cpu
-        return pairs
-
-    def swap_in(self, request: Request) -> list[tuple[int, int]]:
-        """Bring a swapped request's pages back: returns (cpu block, device block) pairs.
-
-        The new device blocks are private; full ones are registered in the prefix cache again.
-        """
-        if not self.can_swap_in(request, reserve_watermark=False):
-            raise ValueError(f"cannot swap in request {request.request_id!r}")
-        pairs: list[tuple[int, int]] = []
-        hashes = self._hashes[request.request_id]
-        for mgr in self.groups:
-            table = mgr.tables[request.request_id]
-            new = self.pool.get_new_blocks(len(table.cpu_block_ids))
-            pairs.extend((c, b.block_id) for c, b in zip(table.cpu_block_ids, new, strict=True))
-            self.host.free_swap(table.cpu_block_ids)
-            table.cpu_block_ids = []
-            table.blocks.extend(new)
-            table.block_ids.extend(b.block_id for b in new)
-            if self._uses_cache(request):
-                table.num_cached = table.num_null
-                num_full = min(len(hashes), len(table.blocks))
-                self._note_registered(mgr.cache_blocks(table, hashes, num_full))
-        return pairs
