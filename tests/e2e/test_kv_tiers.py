@@ -126,12 +126,13 @@ def test_bench_multiturn_saves_prefill_with_the_host_tier():
     from pagedllm.engine.llm_engine import LLMEngine
     from pagedllm.loader.bundled import bundled_model_path
 
-    # histories of ~76 tokens (10 blocks); the pool holds one, the other two waves evict it
+    # histories of ~80 tokens (10-11 blocks); the pool of 12 holds one, the next waves evict it
     spec = MultiTurnSpec(3, 2, 16, 8, 4, 1, doc_len=40)
+    options = {**BASE, "num_gpu_blocks": 12}
 
     def make_engine(cpu_cache_memory: int) -> LLMEngine:
         config = EngineConfig.from_flat(
-            model=str(bundled_model_path()), cpu_cache_memory=cpu_cache_memory, **BASE
+            model=str(bundled_model_path()), cpu_cache_memory=cpu_cache_memory, **options
         )
         return LLMEngine.from_config(config.validate())
 
@@ -140,7 +141,7 @@ def test_bench_multiturn_saves_prefill_with_the_host_tier():
     assert result["outputs_identical"], format_table(result)
     assert off["host_tier_hit_blocks"] == 0 and off["tier_bytes_to_device"] == 0
     assert on["host_tier_hit_blocks"] > 0
-    assert on["prefill_tokens_saved"] >= off["prefill_tokens_saved"] + 3 * 48
+    assert on["prefill_tokens_saved"] >= off["prefill_tokens_saved"] + 3 * 40
     assert on["copies"]["to_device"]["bytes"] == on["tier_bytes_to_device"] > 0
     assert on["load_seconds"] > 0 and on["load_GBps"] > 0
     assert "TTFT p50 speedup" in format_table(result)
