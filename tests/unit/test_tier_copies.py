@@ -83,3 +83,25 @@ def test_disk_entries_verify_key_checksum_and_name(tmp_path, caplog):
     assert not (tmp_path / "g0-ab.kv").exists(), "deleted once found bad"
     (tmp_path / "g2-zz.kv").write_bytes((tmp_path / "g1-cd.kv").read_bytes())
     assert disk.scan(nbytes) == [(1, "cd")], "a file renamed to another key is skipped"
+
+
+def test_copies_larger_than_the_staging_bound_go_in_chunks(monkeypatch):
+    """A batch over ``STAGING_BYTES`` is staged in chunks (and every block still arrives);
+    copy timing counts every block once per direction."""
+    import pagedllm.worker.cache_engine as ce
+
+    monkeypatch.setattr(ce, "STAGING_BYTES", 2 * SPEC.bytes_per_block)  # 2 blocks a chunk
+    cache = _engine()
+    assert [len(c) for c in cache._chunks([(i, i) for i in range(5)])] == [2, 2, 1]
+    cache.enable_copy_timing()
+    before = [t.clone() for t in cache.page_tensors]
+    cache.to_host([(b, 9 - b) for b in range(5)])  # device 0..4 -> pages 9..5
+    cache.to_device([(9 - b, 11 - b) for b in range(5)])  # back into blocks 11..7
+    for t, old in zip(cache.page_tensors, before, strict=True):
+        for b in range(5):
+            assert torch.equal(t[:, 11 - b], old[:, b])
+    timings = cache.copy_timings()
+    for kind in ("to_host", "to_device"):
+        assert timings[kind]["blocks"] == 5
+        assert timings[kind]["bytes"] == 5 * SPEC.bytes_per_block
+        assert timings[kind]["seconds"] > 0 and timings[kind]["GBps"] > 0

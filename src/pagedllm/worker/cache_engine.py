@@ -124,11 +124,12 @@ class CacheEngine:
         if not pairs:
             return
         with self._on_copy_stream(), self._timed("to_host", len(pairs)):
-            src = to_device([p[0] for p in pairs], torch.long, self.device)
-            # [n, tensors, 2, bs, h, d]: every layer of a block contiguous, like a host page
-            staging = torch.stack([t[:, src].transpose(0, 1) for t in self.page_tensors], 1)
-            for i0, i1, p0 in _runs([p[1] for p in pairs]):
-                self.host_pages[p0 : p0 + i1 - i0].copy_(staging[i0:i1], non_blocking=True)
+            for chunk in self._chunks(pairs):
+                src = to_device([p[0] for p in chunk], torch.long, self.device)
+                # [n, tensors, 2, bs, h, d]: every layer of a block contiguous, like a host page
+                staging = torch.stack([t[:, src].transpose(0, 1) for t in self.page_tensors], 1)
+                for i0, i1, p0 in _runs([p[1] for p in chunk]):
+                    self.host_pages[p0 : p0 + i1 - i0].copy_(staging[i0:i1], non_blocking=True)
         self._after_copies()
 
     def to_device(self, pairs: Sequence[tuple[int, int]]) -> None:
@@ -136,16 +137,25 @@ class CacheEngine:
         if not pairs:
             return
         with self._on_copy_stream(), self._timed("to_device", len(pairs)):
-            n = len(pairs)
-            staging = torch.empty(
-                (n, *self.host_pages.shape[1:]), dtype=self.spec.dtype, device=self.device
-            )
-            for i0, i1, p0 in _runs([p[0] for p in pairs]):
-                staging[i0:i1].copy_(self.host_pages[p0 : p0 + i1 - i0], non_blocking=True)
-            dst = to_device([p[1] for p in pairs], torch.long, self.device)
-            for j, tensor in enumerate(self.page_tensors):
-                tensor[:, dst] = staging[:, j].transpose(0, 1)
+            for chunk in self._chunks(pairs):
+                staging = torch.empty(
+                    (len(chunk), *self.host_pages.shape[1:]),
+                    dtype=self.spec.dtype,
+                    device=self.device,
+                )
+                for i0, i1, p0 in _runs([p[0] for p in chunk]):
+                    staging[i0:i1].copy_(self.host_pages[p0 : p0 + i1 - i0], non_blocking=True)
+                dst = to_device([p[1] for p in chunk], torch.long, self.device)
+                for j, tensor in enumerate(self.page_tensors):
+                    tensor[:, dst] = staging[:, j].transpose(0, 1)
         self._after_copies()
+
+    def _chunks(self, pairs: Sequence[tuple[int, int]]) -> list[Sequence[tuple[int, int]]]:
+        """``pairs`` in batches whose device staging stays under ``STAGING_BYTES``: the pool
+        was sized from free memory, so a swap-in or a load of thousands of blocks must not
+        allocate a staging copy of its whole size."""
+        step = max(1, STAGING_BYTES // self.spec.bytes_per_block)
+        return [pairs[k : k + step] for k in range(0, len(pairs), step)]
 
     def enable_copy_timing(self) -> None:
         """Time every batch of device <-> host copies from now on (benchmarks: the achieved
@@ -246,6 +256,10 @@ class CacheEngine:
         dst = torch.tensor([p[1] for p in pairs], dtype=torch.long, device=self.device)
         for cache in self.page_tensors:
             cache[:, dst] = cache[:, src]
+
+
+# most device memory one batch of host <-> device copies stages at once (``_chunks``)
+STAGING_BYTES = 256 << 20
 
 
 class _NullContext:
