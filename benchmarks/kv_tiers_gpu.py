@@ -132,7 +132,7 @@ def multiturn(device: torch.device, smoke: bool, preset: str, host_gib: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--out", required=True, help="folder for kv_tiers.json")
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (CPU test)")
     parser.add_argument(
         "--presets",
