@@ -1,6 +1,9 @@
 """Plot a ``pagedllm bench multiturn --out FILE`` result (tiers off vs on).
 
 python3 benchmarks/multiturn_plot.py results/multiturn_cpu.json plots/multiturn_cpu.png
+python3 benchmarks/multiturn_plot.py kv_tiers.json plots/multiturn_h200_8b.png qwen3-8b
+
+The optional third argument picks one model's result from ``benchmarks/kv_tiers_gpu.py``'s JSON.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import json
 import sys
 
 
-def main(src: str, dst: str) -> None:
+def main(src: str, dst: str, preset: str | None = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,6 +20,8 @@ def main(src: str, dst: str) -> None:
 
     with open(src, encoding="utf-8") as f:
         result = json.load(f)
+    if preset is not None:
+        result = result["multiturn"][preset]
     runs = result["runs"]
     labels = [r["label"] for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
@@ -47,4 +52,4 @@ def main(src: str, dst: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:4])
