@@ -28,7 +28,12 @@ class CacheConfig:
     kv_cache_memory: int | None = None  # bytes of KV pool; default on CPU: 1 GiB
     gpu_memory_utilization: float = 0.90
     swap_space: int = 0  # bytes of CPU swap space for preempted requests
-    num_cpu_blocks: int | None = None  # None: swap_space // bytes per block
+    num_cpu_blocks: int | None = None  # None: (swap_space + cpu_cache_memory) // bytes per block
+    # host tier of the prefix cache: bytes of CPU pages (added to swap_space: one host pool)
+    # that keep evicted cached device blocks; 0 = off
+    cpu_cache_memory: int = 0
+    kv_disk_path: str | None = None  # disk tier directory (needs cpu_cache_memory); None = off
+    kv_disk_bytes: int = 0  # disk tier bound in bytes
     enable_prefix_caching: bool = True
     watermark: float = 0.01  # fraction of blocks kept free when admitting new requests
     cache_dtype: str = "auto"  # "auto": the model's dtype
@@ -53,6 +58,15 @@ class CacheConfig:
             )
         if self.swap_space < 0:
             raise ValueError(f"swap_space must be >= 0 bytes, got {self.swap_space}")
+        for name in ("cpu_cache_memory", "kv_disk_bytes"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be a non-negative byte count, got {value!r}")
+        if self.kv_disk_path is not None:
+            if self.kv_disk_bytes <= 0:
+                raise ValueError("kv_disk_path needs kv_disk_bytes > 0 (the disk tier's bound)")
+            if self.cpu_cache_memory <= 0:
+                raise ValueError("kv_disk_path needs cpu_cache_memory > 0 (disk sits below host)")
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
 

@@ -65,6 +65,9 @@ def test_streamed_chat_equals_non_streamed_with_usage(client) -> None:
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == full.usage.completion_tokens
     assert chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
+    # the same chat again: its full prompt blocks come from the prefix cache
+    cached = chunks[-1].usage.prompt_tokens_details.cached_tokens
+    assert 16 <= cached < full.usage.prompt_tokens, (cached, full.usage)
 
 
 def test_chat_content_parts_equal_plain_string(client) -> None:

@@ -32,12 +32,7 @@ class HybridFakeRunner(FakeRunner):
         return sr.group_block_tables or [sr.block_table]
 
     def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
-        for dev, cpu in out.blocks_to_swap_out:
-            self._copy(self.kv, dev, self.cpu, cpu)
-        for src, dst in out.blocks_to_copy:
-            self._copy(self.kv, src, self.kv, dst)
-        for cpu, dev in out.blocks_to_swap_in:
-            self._copy(self.cpu, cpu, self.kv, dev)
+        self.apply_moves(out)
         kv = sched.kv_manager
         self.max_lookahead = sched.config.num_scheduler_steps - 1
         null = kv.pool.null_block

@@ -45,6 +45,8 @@ def make_scheduler(
     watermark: float = 0.01,
     num_scheduler_steps: int = 1,
     kv_cache_groups: list[int | None] | None = None,
+    host_tier: bool = False,
+    num_disk_blocks: int = 0,
 ) -> Scheduler:
     return Scheduler(
         SchedulerConfig(
@@ -55,10 +57,16 @@ def make_scheduler(
             preemption_mode=mode,
             num_scheduler_steps=num_scheduler_steps,
         ),
-        CacheConfig(block_size=block_size, enable_prefix_caching=caching, watermark=watermark),
+        CacheConfig(
+            block_size=block_size,
+            enable_prefix_caching=caching,
+            watermark=watermark,
+            cpu_cache_memory=1 if host_tier else 0,  # the host pool is num_cpu_blocks pages
+        ),
         num_gpu_blocks=num_blocks,
         num_cpu_blocks=num_cpu_blocks,
         kv_cache_groups=kv_cache_groups,
+        num_disk_blocks=num_disk_blocks,
     )
 
 
@@ -88,7 +96,8 @@ class FakeRunner:
     def __init__(self, block_size: int) -> None:
         self.bs = block_size
         self.kv: dict[int, int] = {}
-        self.cpu: dict[int, int] = {}
+        self.cpu: dict[int, int] = {}  # host pages: swap and the host tier
+        self.disk: dict[str, dict[int, int]] = {}  # disk tier entries (slots of one block)
 
     def _copy(self, src: dict[int, int], s: int, dst: dict[int, int], d: int) -> None:
         for o in range(self.bs):
@@ -101,13 +110,29 @@ class FakeRunner:
     def slot(self, table: list[int], pos: int) -> int:
         return table[pos // self.bs] * self.bs + pos % self.bs
 
-    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
-        for dev, cpu in out.blocks_to_swap_out:
+    def apply_moves(self, out: SchedulerOutput) -> None:
+        """The plan's copies in the documented order (core/scheduler_output.py).
+
+        The real runner batches each phase (one gather/scatter per direction), so two copies
+        into one device block in a plan land in no defined order: refuse them here.
+        """
+        dsts = [d for _, d in out.blocks_to_copy + out.blocks_to_swap_in + out.blocks_to_load]
+        assert len(dsts) == len(set(dsts)), f"a device block is written twice by one plan: {dsts}"
+        for page, name in out.disk_writes:
+            self._copy(self.cpu, page, self.disk.setdefault(name, {}), 0)
+        for dev, cpu in out.blocks_to_swap_out + out.blocks_to_offload:
             self._copy(self.kv, dev, self.cpu, cpu)
+        for name, page in out.disk_reads:
+            self._copy(self.disk[name], 0, self.cpu, page)
         for src, dst in out.blocks_to_copy:
             self._copy(self.kv, src, self.kv, dst)
-        for cpu, dev in out.blocks_to_swap_in:
+        for cpu, dev in out.blocks_to_swap_in + out.blocks_to_load:
             self._copy(self.cpu, cpu, self.kv, dev)
+        for name in out.disk_deletes:
+            self.disk.pop(name, None)
+
+    def execute(self, out: SchedulerOutput, sched: Scheduler) -> dict[str, list[int]]:
+        self.apply_moves(out)
         pool = sched.kv_manager.pool
         written: set[int] = set()
         for sr in out.scheduled:

@@ -186,6 +186,49 @@ def test_swap_moves_only_live_blocks():
     assert kv.num_free_blocks == kv.num_blocks and kv.num_cpu_free_blocks == 20
 
 
+def test_swap_out_leaves_pages_outside_the_window_behind():
+    """Regression (gemma2, n = 3, swap: wrong tokens for some hash seeds). A forked child was
+    swapped out with every page it shared with its parent, those its window no longer sees
+    included; swapped back in, its first allocation freed them at once and a second swap-in of
+    the same step was given them, so one plan copied two host pages into one device block,
+    which the batched copy applies in no defined order. Swap-out now leaves those pages behind:
+    every swap-in destination is still held when the step runs (and the fake runner refuses a
+    plan that writes a device block twice)."""
+    bs, w = 4, 8
+    sched = make_scheduler(
+        num_blocks=40,
+        block_size=bs,
+        max_model_len=128,
+        max_num_batched_tokens=32,
+        kv_cache_groups=[None, w],
+        mode=PreemptionMode.SWAP,
+        num_cpu_blocks=256,
+    )
+    kv = sched.kv_manager
+    runner = HybridFakeRunner(bs, [None, w])
+    ps = [[(7 * i + j) % 97 + 3 for j in range(n)] for i, n in enumerate([40, 75, 33, 80])]
+    for i, prompt in enumerate(ps):
+        sched.add_request(make_request(f"r{i}", prompt, max_tokens=10, n=3))
+    swapped_in = 0
+    for _ in range(1000):
+        if not sched.has_unfinished_requests():
+            break
+        out = sched.schedule()
+        for rid in out.swapped_in_ids:
+            # the window group's pages of a resumed request are exactly those it still sees
+            table = kv.groups[1].tables[rid]
+            req = sched.get_request(rid)
+            assert table.num_null >= kv.groups[1].num_skipped_blocks(req.num_computed_tokens)
+        dst = {d for _, d in out.blocks_to_swap_in}
+        swapped_in += len(dst)
+        held = {b.block_id for m in kv.groups for t in m.tables.values() for b in t.live}
+        assert dst <= held, "a swap-in destination was freed again within its own plan"
+        sched.update_from_output(out, runner.execute(out, sched))
+        check_pool(kv)
+    assert not sched.has_unfinished_requests() and sched.num_swap_outs > 0 and swapped_in
+    assert kv.num_free_blocks == kv.num_blocks and kv.host.num_swap == 0
+
+
 GROUPS = [[4], [None, 3], [5, None, 2], [None, 16], [1]]
 
 

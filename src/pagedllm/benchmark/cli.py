@@ -1,4 +1,4 @@
-"""``pagedllm bench throughput | serve``: the benchmark subcommands."""
+"""``pagedllm bench throughput | multiturn | serve``: the benchmark subcommands."""
 
 from __future__ import annotations
 
@@ -38,6 +38,16 @@ def add_bench_args(
     )
     tp.add_argument("--out", default=None, help="write the results as JSON here")
     tp.set_defaults(func=run_bench_throughput)
+    mt = sub.add_parser(
+        "multiturn",
+        help="multi-turn chats through a small device pool, host KV tier off vs on",
+        formatter_class=formatter_class,
+    )
+    add_engine_args(mt)
+    from pagedllm.benchmark.multiturn_cli import add_multiturn_args, run_bench_multiturn
+
+    add_multiturn_args(mt)
+    mt.set_defaults(func=run_bench_multiturn)
     serve = sub.add_parser(
         "serve",
         help="load a running server (concurrency sweep; needs the 'bench' extra: httpx)",

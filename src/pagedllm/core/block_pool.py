@@ -14,6 +14,9 @@ Eviction order (the invariant the free queue keeps):
 * Callers free a request's blocks last-block-first, so at equal age the deeper blocks of a
   prefix chain are evicted before their parents (a child without its parent is unreachable).
 * ``touch`` revives a cached free block by unlinking it from the middle of the queue in O(1).
+* ``on_evict`` (the host tier's write-back hook) sees every cached block that
+  ``get_new_blocks`` is about to reuse, while it still holds its hash; blocks unregistered by
+  ``uncache_block`` (KV never written) never reach it.
 
 The null block (``reserve_null_block``, for sliding-window KV cache groups): block 0 is taken
 out of circulation. It fills the table slots of pages a window no longer sees; it is never in
@@ -25,7 +28,7 @@ tokens are stored once per group, in different blocks.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 
@@ -200,6 +203,8 @@ class BlockPool:
                 self._free.append(block)
         # one block per (group, identity); a duplicate computed later is simply not indexed
         self._cached: dict[tuple[int, BlockHash], KVBlock] = {}
+        # called with a cached block that get_new_blocks evicts (the lower tiers' write-back)
+        self.on_evict: Callable[[KVBlock], None] | None = None
 
     @property
     def num_usable_blocks(self) -> int:
@@ -231,6 +236,8 @@ class BlockPool:
         for _ in range(n):
             block = self._free.popleft()
             if block.block_hash is not None:
+                if self.on_evict is not None and self._cached.get(self._key(block)) is block:
+                    self.on_evict(block)
                 self._evict(block)
             block.ref_cnt = 1
             out.append(block)
@@ -238,10 +245,14 @@ class BlockPool:
 
     def _evict(self, block: KVBlock) -> None:
         """Drop ``block`` from the prefix-cache index (it is about to hold new data)."""
-        key = (block.cache_group, block.block_hash)
+        key = self._key(block)
         if self._cached.get(key) is block:
             del self._cached[key]
         block.block_hash = None
+
+    @staticmethod
+    def _key(block: KVBlock) -> tuple[int, BlockHash]:
+        return (block.cache_group, block.block_hash)
 
     def free_blocks(self, blocks: Iterable[KVBlock]) -> None:
         """Drop one reference from each block; blocks reaching 0 join the free queue.

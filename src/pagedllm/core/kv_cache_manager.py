@@ -24,6 +24,11 @@ Invariants:
   scheduler hands the records of a step out with its plan (``take_newly_cached``), and when
   that step fails ``uncache`` makes those blocks unfindable again, so no request can ever hit
   KV that was never written. (Every request that could have hit them was in the failed step.)
+* Lower tiers (``core/kv_tiers.py``, on when ``host_tier``): one host pool
+  (``core/host_tier.py``) serves swap and the host tier. A cached device block about to be
+  reused is written back to a host page; a prefix lookup that misses on the device may hit the
+  host (or disk) tier, and such a hit becomes a fresh device block that the runner loads before
+  the forward; it is then registered like any other block (provisionally).
 * Prefix-cache counters count tokens: ``prefix_cache_queries`` adds a request's token count and
   ``prefix_cache_hits`` its hit tokens, once per successful admission (re-admissions after a
   preemption included).
@@ -32,16 +37,16 @@ Invariants:
 from __future__ import annotations
 
 from pagedllm.core.block_pool import BlockHash, BlockPool, KVBlock, make_block_hash
+from pagedllm.core.host_tier import HostPool
+from pagedllm.core.kv_swap import KVSwapMixin
+from pagedllm.core.kv_tiers import KVTiers, TierHit, TierMoves
+from pagedllm.core.prefix_lookup import GroupHits, find_prefix_hits
 from pagedllm.core.request import Request
 from pagedllm.core.single_type_manager import (
     GroupTable,
     SingleTypeKVManager,
     SlidingWindowKVManager,
 )
-
-# prefix hits per group: ``hits[g][i]`` is block i of group g, None where a window group
-# does not need it (its slot gets the null block)
-GroupHits = list[list[KVBlock | None]]
 
 
 def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> None:
@@ -51,7 +56,7 @@ def _check_positive_int(name: str, value: object, allow_zero: bool = False) -> N
         raise ValueError(f"{name} must be {kind} integer, got {value!r}")
 
 
-class KVCacheManager:
+class KVCacheManager(KVSwapMixin):
     """Block tables per request and KV cache group, prefix hits, forks, swap maps."""
 
     def __init__(
@@ -62,8 +67,13 @@ class KVCacheManager:
         watermark: float = 0.01,
         num_cpu_blocks: int = 0,
         group_windows: list[int | None] | None = None,
+        host_tier: bool = False,
+        disk_capacity: int = 0,
     ) -> None:
         """Build the device pool (and a CPU pool of ``num_cpu_blocks`` for swapping).
+
+        With ``host_tier`` (and prefix caching) the CPU pages also keep evicted cached device
+        blocks (the host tier); ``disk_capacity`` > 0 adds a disk tier of that many entries.
 
         ``group_windows`` has one entry per KV cache group (``KVCacheLayout.windows``): None
         for full attention, else the group's sliding window. Default: one full group. With a
@@ -90,8 +100,11 @@ class KVCacheManager:
             for g, w in enumerate(windows)
         ]
         self.num_cpu_blocks = num_cpu_blocks
-        # CPU pages are plain storage: no prefix caching there
-        self.cpu_pool = BlockPool(num_cpu_blocks, False) if num_cpu_blocks > 0 else None
+        # one host pool: swap pages of preempted requests and the host tier's cached pages
+        self.host = HostPool(num_cpu_blocks, enable_cache=host_tier and enable_prefix_caching)
+        self.tiers = KVTiers(self.host, disk_capacity if self.host.enable_cache else 0)
+        if self.tiers.caching:
+            self.pool.on_evict = self.tiers.write_back
         self._hashes: dict[str, list[BlockHash]] = {}  # per request: its full blocks' ids
         self._blocks_to_copy: list[tuple[int, int]] = []
         # prefix-cache registrations since the last take_newly_cached(): (block, its hash)
@@ -112,8 +125,8 @@ class KVCacheManager:
 
     @property
     def num_cpu_free_blocks(self) -> int:
-        """Free CPU swap blocks (0 without swap space)."""
-        return 0 if self.cpu_pool is None else self.cpu_pool.num_free_blocks
+        """Host pages not owned by swapped requests (host-tier pages can be evicted for swap)."""
+        return self.num_cpu_blocks - self.host.num_swap
 
     def usage(self) -> float:
         """Fraction of usable device blocks referenced by requests (0.0 when idle)."""
@@ -182,52 +195,9 @@ class KVCacheManager:
         """
         if not self._uses_cache(request) or request.request_id in self._hashes:
             return [], 0
-        bs = self.block_size
-        tokens = request.all_token_ids
-        found: GroupHits = [[] for _ in self.groups]
-        parent: BlockHash | None = None
-        for i in range((len(tokens) - 1) // bs):
-            chunk = tokens[i * bs : (i + 1) * bs]
-            block_hash = make_block_hash(parent, chunk)
-            row = [self.pool.get_cached_block(block_hash, chunk, g) for g in range(len(found))]
-            if any(
-                b is None for b, m in zip(row, self.groups, strict=True) if m.sliding_window is None
-            ):
-                break  # a full group misses: no longer hit is possible
-            for g, block in enumerate(row):
-                found[g].append(block)
-            # chain from a cached object so later equality checks stop at identity
-            hit = next((b for b in row if b is not None), None)
-            parent = block_hash if hit is None else hit.block_hash
-        num_hit = self._longest_usable_hit(found)
-        if num_hit == 0:
-            return [], 0
-        hits: GroupHits = []
-        for mgr, blocks in zip(self.groups, found, strict=True):
-            first = mgr.hit_window_blocks(num_hit)
-            hits.append([None] * first + blocks[first:num_hit])
-        return hits, num_hit * bs
-
-    def _longest_usable_hit(self, found: GroupHits) -> int:
-        """Largest ``h`` such that every group has the blocks it needs of a ``h``-block hit."""
-        h = len(found[0]) if found else 0
-        misses = []  # per group: misses[g][i] = missing blocks among the first i
-        for blocks in found:
-            counts = [0]
-            for block in blocks:
-                counts.append(counts[-1] + (block is None))
-            misses.append(counts)
-        while h > 0:
-            ok = True
-            for mgr, counts in zip(self.groups, misses, strict=True):
-                first = mgr.hit_window_blocks(h)
-                if counts[h] - counts[first]:
-                    ok = False
-                    break
-            if ok:
-                return h
-            h -= 1
-        return 0
+        return find_prefix_hits(
+            self.pool, self.groups, self.tiers, self.block_size, request.all_token_ids
+        )
 
     def allocate_slots(
         self,
@@ -277,29 +247,44 @@ class KVCacheManager:
             mgr.remove_skipped_blocks(table, start)
             shared.append(mgr.shared_slots(table, start, end_slots))
             needed += mgr.num_new_blocks(table, end_slots) + len(shared[-1])
-        needed += sum(1 for row in hits for b in row if b is not None and b.ref_cnt == 0)
+        tier_hits = [b for row in hits for b in row if isinstance(b, TierHit)]
+        device_hits = [b for row in hits for b in row if isinstance(b, KVBlock)]
+        # a lower-tier hit needs a fresh device block to load into
+        needed += sum(1 for b in device_hits if b.ref_cnt == 0) + len(tier_hits)
         reserve = self.watermark_blocks if reserve_watermark else 0
         if needed and self.pool.num_free_blocks - needed < reserve:
+            return False
+        if tier_hits and not self.tiers.reserve(tier_hits):
             return False
         if is_new:
             # a hit's identities are the cached blocks' own objects: the identities built
             # after them chain from those, so equality checks stop at the first shared parent
             self._hashes[rid] = self._hit_identities(request, hits, num_hit)
-        if hits:
-            # touch first, so the allocations below can never evict a hit
-            self.pool.touch(b for row in hits for b in row if b is not None)
+        # touch first, so the allocations below can never evict a hit
+        self.pool.touch(device_hits)
         if new_computed_blocks is not None and self._uses_cache(request):
             self.prefix_cache_queries += request.num_tokens
             self.prefix_cache_hits += num_hit * bs
         for g, mgr in enumerate(self.groups):
             table = mgr.table(rid)
             if hits:
-                mgr.add_hits(table, hits[g])
+                mgr.add_hits(table, [self._load_hit(b) for b in hits[g]])
             for i in shared[g]:
                 self._copy_on_write(table, i)
             mgr.append_new(table, mgr.num_new_blocks(table, end_slots))
         self._cache_full_blocks(request, end // bs)
         return True
+
+    def _load_hit(self, hit: KVBlock | TierHit | None) -> KVBlock | None:
+        """A device block for one prefix hit: itself, or a fresh block a lower tier's copy is
+        loaded into before the forward (registered provisionally, like a computed block)."""
+        if not isinstance(hit, TierHit):
+            return hit
+        (block,) = self.pool.get_new_blocks(1)
+        self.tiers.load(hit, block.block_id)
+        if self.pool.cache_full_block(block, hit.block_hash, hit.block_hash.token_ids, hit.group):
+            self._note_registered([block])
+        return block
 
     def _fits_in_place(
         self, request: Request, num_new_tokens: int, num_lookahead_tokens: int
@@ -391,7 +376,23 @@ class KVCacheManager:
         go to the head of the free queue. Ownership and reference counts do not change.
         """
         for block, block_hash in entries:
-            self.pool.uncache_block(block, block_hash)
+            if block.block_hash is block_hash:
+                self.pool.uncache_block(block, block_hash)
+            elif self.tiers.caching:
+                # evicted meanwhile: its write-back copied KV that was never written
+                self.tiers.forget_block(block, block_hash, len(self.groups))
+
+    def take_tier_moves(self) -> TierMoves:
+        """The copies between tiers recorded since the last call (ends the host pool's step)."""
+        return self.tiers.take_moves()
+
+    def take_tier_written(self) -> list[tuple]:
+        """Lower-tier entries created since the last call (``discard_tier_written`` undoes)."""
+        return self.tiers.take_written()
+
+    def discard_tier_written(self, written: list[tuple]) -> None:
+        """The plan that created ``written`` failed: those entries may hold garbage."""
+        self.tiers.rollback(written)
 
     def take_blocks_to_copy(self) -> list[tuple[int, int]]:
         """Copy-on-write pairs (src, dst) recorded since the last call; clears the list."""
@@ -419,70 +420,5 @@ class KVCacheManager:
             return
         for mgr in self.groups:
             table = mgr.free(request.request_id)
-            if table is not None and table.cpu_block_ids and self.cpu_pool is not None:
-                self.cpu_pool.free_blocks(self.cpu_pool.blocks[i] for i in table.cpu_block_ids)
-
-    # ------------------------------------------------------------------- swap
-    def can_swap_out(self, request: Request) -> bool:
-        """True when the CPU pool has a page for every live device block of ``request``."""
-        n = self.num_blocks_of(request.request_id)
-        return n > 0 and self.num_cpu_free_blocks >= n
-
-    def _num_swapped(self, request: Request) -> int:
-        return sum(
-            len(mgr.tables[request.request_id].cpu_block_ids)
-            for mgr in self.groups
-            if request.request_id in mgr.tables
-        )
-
-    def can_swap_in(self, request: Request, reserve_watermark: bool = True) -> bool:
-        """True when the device pool can take back every swapped block (plus the watermark)."""
-        n = self._num_swapped(request)
-        if n == 0:
-            return False
-        reserve = self.watermark_blocks if reserve_watermark else 0
-        return self.pool.num_free_blocks - n >= reserve
-
-    def swap_out(self, request: Request) -> list[tuple[int, int]]:
-        """Move the request's live blocks to CPU pages: returns (device, cpu) block pairs.
-
-        Null slots stay null (nothing to move). The device blocks lose this request's
-        reference (shared ones stay with their other holders); the copy must happen before
-        any of them is written again.
-        """
-        if not self.can_swap_out(request):
-            raise ValueError(f"no room to swap out request {request.request_id!r}")
-        pairs: list[tuple[int, int]] = []
-        for mgr in self.groups:
-            table = mgr.tables[request.request_id]
-            live = table.live
-            cpu = self.cpu_pool.get_new_blocks(len(live))
-            pairs.extend((b.block_id, c.block_id) for b, c in zip(live, cpu, strict=True))
-            self.pool.free_blocks(reversed(live))
-            del table.blocks[table.num_null :]
-            del table.block_ids[table.num_null :]
-            table.cpu_block_ids = [c.block_id for c in cpu]
-        return pairs
-
-    def swap_in(self, request: Request) -> list[tuple[int, int]]:
-        """Bring a swapped request's pages back: returns (cpu block, device block) pairs.
-
-        The new device blocks are private; full ones are registered in the prefix cache again.
-        """
-        if not self.can_swap_in(request, reserve_watermark=False):
-            raise ValueError(f"cannot swap in request {request.request_id!r}")
-        pairs: list[tuple[int, int]] = []
-        hashes = self._hashes[request.request_id]
-        for mgr in self.groups:
-            table = mgr.tables[request.request_id]
-            new = self.pool.get_new_blocks(len(table.cpu_block_ids))
-            pairs.extend((c, b.block_id) for c, b in zip(table.cpu_block_ids, new, strict=True))
-            self.cpu_pool.free_blocks(self.cpu_pool.blocks[i] for i in table.cpu_block_ids)
-            table.cpu_block_ids = []
-            table.blocks.extend(new)
-            table.block_ids.extend(b.block_id for b in new)
-            if self._uses_cache(request):
-                table.num_cached = table.num_null
-                num_full = min(len(hashes), len(table.blocks))
-                self._note_registered(mgr.cache_blocks(table, hashes, num_full))
-        return pairs
+            if table is not None and table.cpu_block_ids:
+                self.host.release_swap_now(table.cpu_block_ids)

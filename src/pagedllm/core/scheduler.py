@@ -16,8 +16,8 @@ One step (``schedule``):
 3. If nothing was preempted: swap in swapped requests (FCFS), then admit waiting ones (FCFS,
    stopping at the first that does not fit, so none is overtaken and starved).
 
-The runner applies ``blocks_to_swap_out``, then ``blocks_to_copy``, then ``blocks_to_swap_in``,
-then runs the forward.
+The runner applies the plan's copies in the order ``core/scheduler_output.py`` documents
+(write-backs and swap-outs first, loads and swap-ins last), then runs the forward.
 
 A plan's prefix-cache registrations stay provisional until its results come back: the engine
 passes a successful plan to ``update_from_output`` and a failed one to ``discard_failed_step``,
@@ -53,9 +53,13 @@ class Scheduler(SequenceGroups):
         num_gpu_blocks: int,
         num_cpu_blocks: int = 0,
         kv_cache_groups: list[int | None] | None = None,
+        num_disk_blocks: int = 0,
     ) -> None:
         """Validate the configs and build the KV cache manager (``kv_cache_groups``: the
-        sliding window of each KV cache group, None = full; default one full group)."""
+        sliding window of each KV cache group, None = full; default one full group).
+
+        The host tier is on when ``cache_config.cpu_cache_memory`` > 0 (the CPU pages are then
+        shared with swap); ``num_disk_blocks`` > 0 adds a disk tier of that many entries."""
         scheduler_config.validate()
         cache_config.validate()
         self.config = scheduler_config
@@ -67,6 +71,8 @@ class Scheduler(SequenceGroups):
             watermark=cache_config.watermark,
             num_cpu_blocks=num_cpu_blocks,
             group_windows=kv_cache_groups,
+            host_tier=cache_config.cpu_cache_memory > 0,
+            disk_capacity=num_disk_blocks,
         )
         self.block_size = cache_config.block_size
         self.requests: dict[str, Request] = {}  # every unfinished request
@@ -253,9 +259,14 @@ class Scheduler(SequenceGroups):
     def _track_registrations(self, out: SchedulerOutput) -> None:
         """Number the plan and keep the prefix-cache registrations it made until it ends."""
         out.step_id, self._next_step_id = self._next_step_id, self._next_step_id + 1
-        registered = self.kv_manager.take_newly_cached()
-        if registered:
-            self._provisional[out.step_id] = registered
+        kv = self.kv_manager
+        moves = kv.take_tier_moves()
+        out.blocks_to_offload, out.blocks_to_load = moves.offload, moves.load
+        out.disk_writes, out.disk_reads = moves.disk_write, moves.disk_read
+        out.disk_deletes = moves.disk_delete
+        registered, written = kv.take_newly_cached(), kv.take_tier_written()
+        if registered or written:
+            self._provisional[out.step_id] = (registered, written)
 
     def discard_failed_step(self, output: SchedulerOutput) -> None:
         """A plan's step failed: the blocks it registered in the prefix cache become unfindable.
@@ -263,7 +274,9 @@ class Scheduler(SequenceGroups):
         Call it before failing the step's requests (``finish_requests``), for the failed plan
         and for any plan queued behind it (a continuation reads the failed step's tokens).
         """
-        self.kv_manager.uncache(self._provisional.pop(output.step_id, []))
+        registered, written = self._provisional.pop(output.step_id, ([], []))
+        self.kv_manager.uncache(registered)
+        self.kv_manager.discard_tier_written(written)
 
     def _plan_running(self, step: _Step) -> dict[str, int]:
         """Token counts for running requests: decodes first, then prefill chunks."""

@@ -1,8 +1,13 @@
 """What the scheduler hands the model runner each step: plain data, no behaviour.
 
 The scheduler's plan is everything a step needs: rows, forks, cache moves and the requests the
-rows belong to. The runner applies ``blocks_to_swap_out``, then ``blocks_to_copy``, then ``blocks_to_swap_in``,
-then runs the forward over ``scheduled`` (decodes first).
+rows belong to. The runner applies, in this order: ``disk_writes`` (host pages spilled to files);
+``blocks_to_swap_out`` and ``blocks_to_offload`` (device -> host) and ``disk_reads`` (files ->
+host pages; never a page the step writes back into, so either order); ``blocks_to_copy``;
+``blocks_to_swap_in`` and ``blocks_to_load`` (host -> device); ``disk_deletes``; then the
+forward over ``scheduled`` (decodes first). The KV manager
+relies on that order: a device block is written back before anything overwrites it, a host page
+is spilled before it is reused, and a hit is loaded before the forward reads it.
 """
 
 from __future__ import annotations
@@ -46,6 +51,12 @@ class SchedulerOutput:
     blocks_to_copy: list[tuple[int, int]] = field(default_factory=list)  # (src, dst)
     blocks_to_swap_in: list[tuple[int, int]] = field(default_factory=list)  # (cpu, device)
     blocks_to_swap_out: list[tuple[int, int]] = field(default_factory=list)  # (device, cpu)
+    # lower tiers of the prefix cache (core/kv_tiers.py)
+    blocks_to_offload: list[tuple[int, int]] = field(default_factory=list)  # (device, host)
+    blocks_to_load: list[tuple[int, int]] = field(default_factory=list)  # (host, device)
+    disk_writes: list[tuple[int, str]] = field(default_factory=list)  # (host page, entry name)
+    disk_reads: list[tuple[str, int]] = field(default_factory=list)  # (entry name, host page)
+    disk_deletes: list[str] = field(default_factory=list)  # entry names
     preempted_ids: list[str] = field(default_factory=list)
     finished_ids: list[str] = field(default_factory=list)  # since the last step, aborts incl.
     num_decodes: int = 0  # the first num_decodes entries of `scheduled` are 1-token decodes
@@ -57,10 +68,11 @@ class SchedulerOutput:
     @property
     def is_empty(self) -> bool:
         """Nothing to run and no page to move (a plan with moves only must still be executed:
-        e.g. a waiting beam swapped out to make room)."""
+        e.g. a waiting beam swapped out to make room, and the write-backs it caused)."""
         return not (
             self.scheduled or self.blocks_to_copy or self.blocks_to_swap_in
-            or self.blocks_to_swap_out
+            or self.blocks_to_swap_out or self.blocks_to_offload or self.blocks_to_load
+            or self.disk_writes or self.disk_reads or self.disk_deletes
         )  # fmt: skip
 
     # requests whose pages this step's swap copies move: if the step fails, they fail with it

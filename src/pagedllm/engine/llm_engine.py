@@ -28,6 +28,7 @@ from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.step_result import StepResult
 from pagedllm.worker.cache_engine import kv_cache_layout
+from pagedllm.worker.disk_tier import open_disk_tier
 from pagedllm.worker.executor import create_executor
 from pagedllm.worker.pending import PendingStep
 
@@ -49,6 +50,18 @@ class EngineStats:
     num_preemptions: int
     prompt_tokens_total: int
     generation_tokens_total: int
+    # lower tiers of the prefix cache (core/kv_tiers.py): hits, bytes moved, occupancy
+    host_tier_hit_blocks: int = 0
+    disk_tier_hit_blocks: int = 0
+    tier_bytes_to_host: int = 0  # device -> host write-backs
+    tier_bytes_to_device: int = 0  # host -> device loads
+    disk_bytes_written: int = 0
+    disk_bytes_read: int = 0
+    host_tier_blocks: int = 0  # host pages holding cached blocks
+    host_swap_blocks: int = 0  # host pages owned by swapped-out requests
+    host_blocks_total: int = 0
+    disk_tier_blocks: int = 0
+    disk_tier_blocks_total: int = 0
 
 
 @dataclass(slots=True)
@@ -85,9 +98,19 @@ class LLMEngine:
         num_blocks, num_cpu_blocks = self.runner.determine_num_blocks()
         self.runner.init_cache(num_blocks, num_cpu_blocks)
         layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
+        disk, num_disk_blocks = open_disk_tier(config, self.runner, self.model_name, layout.windows)
         self.scheduler = Scheduler(
-            config.scheduler, config.cache, num_blocks, num_cpu_blocks, layout.windows
+            config.scheduler,
+            config.cache,
+            num_blocks,
+            num_cpu_blocks,
+            layout.windows,
+            num_disk_blocks=num_disk_blocks,
         )
+        if disk is not None:  # the disk tier survives restarts: index the valid files
+            tiers = self.scheduler.kv_manager.tiers
+            for name in tiers.restore_disk(disk.scan(self.runner.kv_spec.bytes_per_block)):
+                disk.delete(name)
         if config.scheduler.preemption_mode == PreemptionMode.AUTO and num_cpu_blocks > 0:
             # AUTO's swap-vs-recompute model needs the copy bandwidth (core/preemption.py)
             costs = self.scheduler.preemption_costs
@@ -469,4 +492,5 @@ class LLMEngine:
             num_preemptions=self.scheduler.num_preemptions,
             prompt_tokens_total=self.prompt_tokens_total,
             generation_tokens_total=self.generation_tokens_total,
+            **kv.tiers.counters(self.runner.kv_spec.bytes_per_block),
         )

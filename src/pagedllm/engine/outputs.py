@@ -23,7 +23,7 @@ class RequestMetrics:
     first_token_time: float | None = None
     last_token_time: float | None = None
     finished_time: float | None = None
-    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache
+    num_cached_tokens: int = 0  # prompt tokens served from the prefix cache (every tier)
     num_preemptions: int = 0
 
     @property
@@ -66,3 +66,9 @@ class RequestOutput:
     prompt_logprobs: list[Logprobs | None] | None = None  # None for the first prompt token
     metrics: RequestMetrics | None = None
     error: str | None = None  # set when finish_reason is "error": what went wrong
+
+    @property
+    def num_cached_tokens(self) -> int:
+        """Prompt tokens served from the prefix cache (device, host and disk tiers) rather
+        than computed, counted at first admission (as in vLLM's ``RequestOutput``)."""
+        return 0 if self.metrics is None else self.metrics.num_cached_tokens

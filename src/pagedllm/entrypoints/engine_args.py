@@ -123,6 +123,24 @@ def add_engine_args(parser: argparse.ArgumentParser, positional_model: bool = Tr
         help="CPU memory for swapped-out KV pages: GiB without a unit (like vLLM), or e.g. 512MiB",
     )
     parser.add_argument(
+        "--cpu-cache-memory",
+        type=_bytes,
+        default=0,
+        metavar="SIZE",
+        help="host memory keeping the prefix-cache pages the device evicts (host KV tier; "
+        "e.g. 4GiB; bytes without a unit; 0 = off)",
+    )
+    parser.add_argument(
+        "--kv-disk-path", default=None, help="directory of the disk KV tier (below the host tier)"
+    )
+    parser.add_argument(
+        "--kv-disk-bytes",
+        type=_bytes,
+        default=0,
+        metavar="SIZE",
+        help="bound of the disk KV tier, e.g. 100GiB (bytes without a unit)",
+    )
+    parser.add_argument(
         "--preemption-mode",
         default="recompute",
         choices=["recompute", "swap", "auto"],

@@ -24,7 +24,7 @@ def determine_num_blocks(
     per_block = spec.bytes_per_block
     num_cpu = cache.num_cpu_blocks
     if num_cpu is None:
-        num_cpu = cache.swap_space // per_block
+        num_cpu = (cache.swap_space + cache.cpu_cache_memory) // per_block  # one host pool
     if cache.num_gpu_blocks is not None:
         return cache.num_gpu_blocks, num_cpu
     if cache.kv_cache_memory is not None:

@@ -129,11 +129,9 @@ class ModelRunner:
         scheduled request has a ``prev_row`` (async scheduling).
         """
         assert self.cache is not None, "init_cache() must run before launch()"
-        # this order is the KV manager's: a block swapped out may be reused as a CoW target,
-        # and a swap-in may land in a block freed by a swap-out
-        self.cache.swap_out(plan.blocks_to_swap_out)
-        self.cache.copy_blocks(plan.blocks_to_copy)
-        self.cache.swap_in(plan.blocks_to_swap_in)
+        # the KV manager's order (core/scheduler_output.py): a block swapped out or written
+        # back may be reused as a CoW target, a swap-in or load may land in a freed block
+        self.cache.apply_moves(plan)
         pending = PendingStep()
         if not plan.scheduled:
             return pending

@@ -121,9 +121,7 @@ def execute_follower(runner: Any, output: Any) -> None:
 
     with torch.inference_mode():
         cache = runner.cache
-        cache.swap_out(output.blocks_to_swap_out)
-        cache.copy_blocks(output.blocks_to_copy)
-        cache.swap_in(output.blocks_to_swap_in)
+        cache.apply_moves(output)
         if not output.scheduled:
             return
         runner.forward(prepare_inputs(output, runner.block_size, runner.device))
