@@ -107,7 +107,7 @@ def compare(ref: list[dict], got: list[dict]) -> list[dict]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file to write")
-    ap.add_argument("--lengths", default="1024,1536,2048", help="prompt lengths in tokens")
+    ap.add_argument("--lengths", default="1024,2048", help="prompt lengths in tokens")
     ap.add_argument("--new", type=int, default=32, help="greedy tokens generated per prompt")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
