@@ -2,13 +2,16 @@
 
     PYTHONPATH=src python3 benchmarks/fp8_kv_accuracy.py --out benchmarks/results/fp8_kv_accuracy.json
 
-Prompts are real English text (this repository's docs, cut to ``--lengths`` tokens). Three KV
+Prompts are real English text (this repository's docs, cut to ``--lengths`` tokens). These KV
 caches run the same float32 model:
 
 * ``fp32``: the reference;
-* ``fp8 scale 1``: e4m3 pages with k_scale = v_scale = 1.0 (the default, as in vLLM);
-* ``fp8 calibrated``: per-layer scales amax / 448 measured on the reference run of the *same*
-  prompts (an upper bound on what calibrating from a first prefill could buy).
+* ``fp8``: e4m3 pages with k_scale = v_scale = 1.0 (the default, as in vLLM);
+* ``fp8-calibrated``: per-layer scales amax / 448 measured on the reference run of the *same*
+  prompts (an upper bound on what calibrating from a first prefill could buy);
+* ``bf16``: bfloat16 pages, for scale: the drift of the usual half-precision cache.
+
+``--variants`` picks among them (the fp32 reference always runs).
 
 Per prompt it records, teacher-forced over the prompt (``prompt_logprobs``; the prefill reads
 every key back from the pages, so the fp8 rounding is in these numbers): the mean and max
@@ -34,6 +37,7 @@ from pagedllm import LLM, SamplingParams  # noqa: E402
 from pagedllm.attention.kv_quant import FP8_MAX  # noqa: E402
 from pagedllm.layers.attention import Attention  # noqa: E402
 
+VARIANTS = {"fp8": "fp8", "fp8-calibrated": "fp8", "bf16": "bfloat16"}  # name -> kv_cache_dtype
 SOURCES = ["docs/architecture.md", "README.md", "docs/studies.md", "benchmarks/RESULTS.md"]
 
 
@@ -110,6 +114,9 @@ def main() -> None:
     ap.add_argument("--lengths", default="1024,2048", help="prompt lengths in tokens")
     ap.add_argument("--new", type=int, default=32, help="greedy tokens generated per prompt")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument(
+        "--variants", default=",".join(VARIANTS), help=f"comma-separated, of {', '.join(VARIANTS)}"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,9 +132,11 @@ def main() -> None:
     ref = run(ref_llm, prompts, args.new)
     report["kv_amax_per_layer"] = [amax[i] for i in sorted(amax)]
     del ref_llm
-    for name, calibrated in (("fp8 scale 1", False), ("fp8 calibrated", True)):
-        llm = LLM(kv_cache_dtype="fp8", **common)
-        if calibrated:
+    for name in args.variants.split(","):
+        if name not in VARIANTS:
+            raise ValueError(f"--variants: unknown {name!r}; choose from {', '.join(VARIANTS)}")
+        llm = LLM(kv_cache_dtype=VARIANTS[name], **common)
+        if name == "fp8-calibrated":
             for layer, (k, v) in zip(layers(llm), report["kv_amax_per_layer"], strict=True):
                 layer.kv_scale.copy_(torch.tensor([k / FP8_MAX, v / FP8_MAX]))
         rows = compare(ref, run(llm, prompts, args.new))
