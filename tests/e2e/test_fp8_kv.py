@@ -82,8 +82,10 @@ def test_fp8_forks_share_pages_copy_on_write(prompts, fp8_llm):
     assert_all_blocks_free(fp8_llm)
 
 
-def test_fp8_doubles_the_pages_of_bf16(fp8_llm):
-    bf16 = LLM(**COMMON, kv_cache_dtype="bfloat16")
+def test_fp8_doubles_the_pages_of_bf16(prompts, fp32_run, fp8_llm):
+    bf16 = LLM(**COMMON, kv_cache_dtype="bfloat16")  # bf16 pages under the float32 model
+    out = bf16.generate(prompts[:1], SamplingParams(temperature=0.0, max_tokens=2), use_tqdm=False)
+    assert out[0].outputs[0].token_ids[0] == fp32_run[0].outputs[0].token_ids[0]
     spec8, spec16 = fp8_llm.engine.runner.kv_spec, bf16.engine.runner.kv_spec
     assert spec16.bytes_per_block == 2 * spec8.bytes_per_block
     blocks8 = fp8_llm.engine.scheduler.kv_manager.num_blocks

@@ -148,3 +148,19 @@ def test_triton_backend_fp8_mixed_batch_matches_torch(device: torch.device, dtyp
     assert torch.equal(cache.view(torch.uint8), oracle_cache.view(torch.uint8))
     expected = oracle.forward(query.to(dtype), oracle_cache, metadata, 0.125, kv_scale=scale)
     torch.testing.assert_close(out.float(), expected.float(), **tolerance(dtype))
+
+
+def test_bf16_pages_under_a_float32_model(device: torch.device) -> None:
+    """kv_cache_dtype="bfloat16" with a float32 model: pages converted on load, no scale."""
+    lens = [9, 40]
+    case = make_paged_case(lens, 16, NUM_KV_HEADS, 64, BF16, device, seed=6)
+    query = torch.randn(len(lens), 8, 64, generator=torch.Generator().manual_seed(4)).to(device)
+    decode = paged_decode_attention(query, case.kv_cache, case.block_tables, case.seq_lens, 0.125)
+    qsl = torch.tensor([0, 1, 2], dtype=torch.int32, device=device)
+    extend = paged_extend_attention(
+        query, case.kv_cache, case.block_tables, case.seq_lens, qsl, 0.125, max_query_len=1
+    )
+    for i in range(len(lens)):
+        ref = dense_reference(query[i : i + 1], case.keys[i], case.values[i], 0.125)[0]
+        torch.testing.assert_close(decode[i], ref, **tolerance(F32))
+        torch.testing.assert_close(extend[i], ref, **tolerance(F32))

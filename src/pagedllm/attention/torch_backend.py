@@ -159,8 +159,9 @@ class TorchAttentionBackend(AttentionBackend):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V pages ``blocks`` (flat ``[n]``), each as ``[n, block_size * kvh * d]``.
 
-        fp8 pages come back dequantized into ``dtype`` (new tensors, scaled by the layer's
-        ``kv_scale`` given to ``forward``); other pages in the cache's dtype.
+        Pages come back in ``dtype`` (the query's): fp8 pages dequantized with the layer's
+        ``kv_scale`` given to ``forward``, pages of another float dtype converted (both as new
+        tensors).
 
         Each page is a contiguous row of the (contiguous) cache, so ``index_select`` along
         dim 0 is a plain row gather: measured several times faster on CPU than advanced
@@ -184,6 +185,8 @@ class TorchAttentionBackend(AttentionBackend):
         if is_fp8(kv_cache.dtype):
             k_scale, v_scale = (None, None) if self._scale is None else self._scale
             return dequantize(k_out, k_scale, dtype), dequantize(v_out, v_scale, dtype)
+        if kv_cache.dtype != dtype:  # kv_cache_dtype other than the model's (e.g. bf16 pages)
+            return k_out.to(dtype), v_out.to(dtype)
         return k_out, v_out
 
     def _decode_groups(self, metadata: AttentionMetadata) -> list[tuple[torch.Tensor | None, int]]:

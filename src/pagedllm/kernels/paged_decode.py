@@ -62,7 +62,7 @@ def _decode_split_kernel(
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
-    KV_FP8: tl.constexpr,
+    KV_CAST: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
     seq = tl.program_id(0)
@@ -106,7 +106,7 @@ def _decode_split_kernel(
         rows = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs
         kv_offs = rows[:, None] + offs_d[None, :]
         k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
-        if KV_FP8:  # dequantize in registers: half the bytes from HBM, same dot as bf16
+        if KV_CAST:  # fp8 (or another float) pages: convert in registers, same dot as bf16
             k = k.to(q.dtype)
         if DOT_FP32:
             k = k.to(tl.float32)
@@ -119,7 +119,7 @@ def _decode_split_kernel(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
-        if KV_FP8:
+        if KV_CAST:
             v = v.to(q.dtype)
         if DOT_FP32:
             v = v.to(tl.float32)
@@ -296,7 +296,7 @@ def paged_decode_attention(
         HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
-        KV_FP8=kv_cache.dtype == torch.float8_e4m3fn,
+        KV_CAST=kv_cache.dtype != query.dtype,
         HAS_SCALE=kv_scale is not None,
         num_warps=num_warps,
         num_stages=num_stages,

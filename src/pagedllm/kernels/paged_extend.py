@@ -50,7 +50,7 @@ def _extend_tile_loop(
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
-    KV_FP8: tl.constexpr,
+    KV_CAST: tl.constexpr,
 ):
     """Online softmax over key tiles ``[lo, hi)``; ``MASKED`` adds causal/window/bound masks."""
     offs_d = tl.arange(0, HEAD_DIM)
@@ -60,7 +60,7 @@ def _extend_tile_loop(
         blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
         kv_offs = (blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs)[:, None] + offs_d[None, :]
         k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
-        if KV_FP8:  # dequantize in registers (the scales are applied by the caller)
+        if KV_CAST:  # fp8 (or another float) pages: convert in registers (scales: the caller)
             k = k.to(q.dtype)
         if DOT_FP32:
             k = k.to(tl.float32)
@@ -79,7 +79,7 @@ def _extend_tile_loop(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
-        if KV_FP8:
+        if KV_CAST:
             v = v.to(q.dtype)
         if DOT_FP32:
             v = v.to(tl.float32)
@@ -121,7 +121,7 @@ def _paged_extend_kernel(
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
-    KV_FP8: tl.constexpr,
+    KV_CAST: tl.constexpr,
     HAS_SCALE: tl.constexpr,
 ):
     seq = seq_offset + tl.program_id(0)
@@ -161,7 +161,7 @@ def _paged_extend_kernel(
                 acc, l_i, m_i, q, k_base, bt_row, pos_m, lo, hi, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
                 HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
-                KV_FP8,
+                KV_CAST,
             )  # fmt: skip
         else:
             # Whole tiles of keys at or before the tile's first query position are visible to
@@ -171,13 +171,13 @@ def _paged_extend_kernel(
                 acc, l_i, m_i, q, k_base, bt_row, pos_m, 0, mid, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
                 HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
-                KV_FP8,
+                KV_CAST,
             )  # fmt: skip
             acc, l_i, m_i = _extend_tile_loop(
                 acc, l_i, m_i, q, k_base, bt_row, pos_m, mid, hi, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
                 HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
-                KV_FP8,
+                KV_CAST,
             )  # fmt: skip
         if HAS_SCALE:  # the output is linear in V: apply v_scale once
             acc = acc * tl.load(scale_ptr + 1)
@@ -270,7 +270,7 @@ def paged_extend_attention(
         HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
-        KV_FP8=kv_cache.dtype == torch.float8_e4m3fn,
+        KV_CAST=kv_cache.dtype != query.dtype,
         HAS_SCALE=kv_scale is not None,
         num_warps=num_warps or dw,
         num_stages=num_stages or ds,
