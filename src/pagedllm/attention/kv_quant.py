@@ -56,14 +56,3 @@ def dequantize(x: torch.Tensor, scale: torch.Tensor | None, dtype: torch.dtype) 
     if scale is not None:
         y = y * scale
     return y.to(dtype)
-
-
-def attach_kv_scales(model: torch.nn.Module, device: torch.device) -> int:
-    """Give every paged attention layer of ``model`` its ``[k_scale, v_scale]`` (1.0 each);
-    returns how many layers got one. The layers pass it to the backend with their pages."""
-    from pagedllm.layers.attention import Attention  # layers import this module's peers
-
-    layers = [m for m in model.modules() if isinstance(m, Attention)]
-    for layer in layers:
-        layer.kv_scale = default_kv_scale(device)
-    return len(layers)

@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
-from pagedllm.attention.kv_quant import attach_kv_scales, is_fp8, resolve_kv_cache_dtype
+from pagedllm.attention.kv_quant import default_kv_scale, is_fp8, resolve_kv_cache_dtype
 from pagedllm.attention.metadata import ForwardContext, set_forward_context
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.layers.attention import Attention
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
 from pagedllm.structured.manager import StructuredOutputManager
@@ -61,8 +62,10 @@ class ModelRunner:
             dtype=cache_dtype,
             layer_tensor=tuple(j for _, j in slots) if self.kv_layout.num_groups > 1 else None,
         )
-        if is_fp8(cache_dtype):
-            attach_kv_scales(self.model, self.device)
+        if is_fp8(cache_dtype):  # each attention layer passes its scales with its pages
+            for layer in self.model.modules():
+                if isinstance(layer, Attention):
+                    layer.kv_scale = default_kv_scale(self.device)
         self.backend = self._make_backend()
         # grammar matchers of constrained sequences (the engine validates through it too)
         self.structured = StructuredOutputManager(source.tokenizer, self.vocab_size)
