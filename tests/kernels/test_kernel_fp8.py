@@ -164,3 +164,24 @@ def test_bf16_pages_under_a_float32_model(device: torch.device) -> None:
         ref = dense_reference(query[i : i + 1], case.keys[i], case.values[i], 0.125)[0]
         torch.testing.assert_close(decode[i], ref, **tolerance(F32))
         torch.testing.assert_close(extend[i], ref, **tolerance(F32))
+
+
+def test_swap_and_copy_move_fp8_pages_byte_for_byte() -> None:
+    """CacheEngine on the CPU: swap out, swap in elsewhere, copy-on-write; float8 pages
+    (whose CPU kernels lack index_copy_/index_fill_) arrive unchanged."""
+    from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec
+
+    spec = KVCacheSpec(num_layers=2, block_size=4, num_kv_heads=2, head_dim=8, dtype=FP8_DTYPE)
+    engine = CacheEngine(spec, num_blocks=6, num_cpu_blocks=3, device=torch.device("cpu"))
+    gen = torch.Generator().manual_seed(0)
+    for cache in engine.page_tensors:
+        cache.view(torch.uint8).copy_(torch.randint(0, 120, cache.shape, generator=gen))
+    before = [c.clone() for c in engine.page_tensors]
+    engine.swap_out([(1, 0), (4, 2)])
+    engine.swap_in([(0, 5), (2, 3)])
+    engine.copy_blocks([(2, 0)])
+    for old, new in zip(before, engine.page_tensors, strict=True):
+        old, new = old.view(torch.uint8), new.view(torch.uint8)
+        assert torch.equal(new[:, 5], old[:, 1]) and torch.equal(new[:, 3], old[:, 4])
+        assert torch.equal(new[:, 0], old[:, 2]) and torch.equal(new[:, 2], old[:, 2])
+    assert spec.bytes_per_block == 2 * 2 * 4 * 2 * 8  # one byte per element
