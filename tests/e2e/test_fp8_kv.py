@@ -110,7 +110,8 @@ def test_fp8_swap_preemption_matches_unpressured(prompts, fp8_llm):
     # Not token-exact, unlike float32 pages (tests/e2e/test_swap.py): the pressured run computes
     # in other batch shapes, float32 matmuls then differ in the last bit, and a last-bit change
     # that crosses an e4m3 rounding boundary moves a cached value by 1/16 (measured: one token
-    # of 96, the 32nd of a request, flipped). The pages themselves move byte for byte
+    # of 96 flipped, the 32nd of request 1, and request 1 run alone without any pressure ends
+    # on the same token as the swapped run). The pages themselves move byte for byte
     # (tests/kernels/test_kernel_fp8.py); corrupted pages would derail a request at resumption.
     got = [o.outputs[0].token_ids for o in out]
     for a, b in zip(got, reference, strict=True):
