@@ -10,6 +10,8 @@ for pagedllm at several block sizes, and for contiguous baselines simulated with
 memory and the same FCFS admission (a request is admitted only if its whole reservation fits):
 
 * ``reserve max_model_len``   - one slot per possible position (Orca "Max"-like)
+
+plus pagedllm at block size 16 with an fp8 KV cache: the same bytes hold twice the token slots.
 * ``reserve pow2(p+o)``       - the next power of two >= prompt + output (Orca "Pow2"-like)
 * ``reserve prompt+max_tokens`` - the exact final length, known in advance (Orca "Oracle"-like)
 
@@ -152,6 +154,9 @@ def run_study(block_sizes: list[int], capacity: int, num_requests: int, max_mode
     results: dict[str, dict] = {}
     for bs in block_sizes:
         results[f"pagedllm bs={bs}"] = simulate_paged(lengths, capacity, bs, max_model_len)
+    # kv_cache_dtype="fp8": a page costs half the bytes of bf16, so the same memory holds twice
+    # the token slots (KVCacheSpec.bytes_per_block; checked end to end in tests/e2e/test_fp8_kv.py)
+    results["pagedllm bs=16 fp8 KV"] = simulate_paged(lengths, 2 * capacity, 16, max_model_len)
     results["reserve prompt+max_tokens"] = simulate_contiguous(
         lengths, capacity, lambda p, o: p + o
     )

@@ -19,6 +19,10 @@ class PreemptionMode(str, enum.Enum):
     AUTO = "auto"  # swap when the swap space has room and it is measured cheaper
 
 
+# what ``kv_cache_dtype`` accepts (vLLM's names): the model dtype, a float dtype, or float8 e4m3
+KV_CACHE_DTYPES = ("auto", "float32", "bfloat16", "float16", "fp8", "fp8_e4m3")
+
+
 @dataclass(slots=True)
 class CacheConfig:
     """Where and how big the paged KV cache is."""
@@ -36,7 +40,9 @@ class CacheConfig:
     kv_disk_bytes: int = 0  # disk tier bound in bytes
     enable_prefix_caching: bool = True
     watermark: float = 0.01  # fraction of blocks kept free when admitting new requests
-    cache_dtype: str = "auto"  # "auto": the model's dtype
+    # "auto": the model's dtype; "fp8" (= "fp8_e4m3"): pages hold float8 e4m3 values with a
+    # per-layer K and V scale (attention/kv_quant.py), half the bytes of bf16 per token
+    kv_cache_dtype: str = "auto"
     # keep every page of sliding-window layers (one full-attention KV group) instead of
     # freeing those outside the window: for comparisons and debugging
     disable_hybrid_kv_cache: bool = False
@@ -69,6 +75,11 @@ class CacheConfig:
                 raise ValueError("kv_disk_path needs cpu_cache_memory > 0 (disk sits below host)")
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark must be in [0, 1), got {self.watermark}")
+        if self.kv_cache_dtype not in KV_CACHE_DTYPES:
+            raise ValueError(
+                f"kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPES)}; "
+                f"got {self.kv_cache_dtype!r}"
+            )
 
 
 @dataclass(slots=True)

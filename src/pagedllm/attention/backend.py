@@ -12,7 +12,9 @@ from pagedllm.attention.metadata import AttentionMetadata
 class AttentionBackend(ABC):
     """Writes new K/V into the paged cache and attends queries over it.
 
-    KV cache layout per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]``.
+    KV cache layout per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]``. An fp8
+    cache (``attention/kv_quant.py``) comes with the layer's ``kv_scale`` (float32 ``[2]``: K and
+    V scale): pages hold ``x / scale`` in e4m3, and attention reads ``page * scale``.
     """
 
     @abstractmethod
@@ -22,6 +24,7 @@ class AttentionBackend(ABC):
         value: torch.Tensor,
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        kv_scale: torch.Tensor | None = None,
     ) -> None:
         """Store ``key``/``value`` ``[T, kvh, d]`` at flat slots ``slot_mapping`` ``[T]``
         (rows whose slot is negative are skipped)."""
@@ -35,6 +38,7 @@ class AttentionBackend(ABC):
         scale: float,
         sliding_window: int | None = None,
         softcap: float | None = None,
+        kv_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend ``query`` ``[T, num_heads, head_dim]`` over the paged context of each
         sequence (causal by position); returns ``[T, num_heads, head_dim]``.

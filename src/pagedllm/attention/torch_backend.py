@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.attention.kv_quant import dequantize, is_fp8, quantize
 from pagedllm.attention.metadata import AttentionMetadata
 
 # decode rows whose context is under this share of their group's longest start a new group
@@ -86,6 +87,7 @@ class TorchAttentionBackend(AttentionBackend):
         self._workspace: dict[tuple[torch.dtype, torch.device], torch.Tensor] = {}
         self._groups_for: AttentionMetadata | None = None  # the step the groups belong to
         self._groups: list[tuple[torch.Tensor | None, int]] = []
+        self._scale: torch.Tensor | None = None  # the fp8 scales of the forward in progress
 
     def write_kv(
         self,
@@ -93,10 +95,12 @@ class TorchAttentionBackend(AttentionBackend):
         value: torch.Tensor,
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        kv_scale: torch.Tensor | None = None,
     ) -> None:
         """Write ``key``/``value`` ``[T, kvh, d]`` into the flat slots of ``kv_cache``.
 
-        Negative slots (CUDA-graph padding rows) are skipped.
+        Negative slots (CUDA-graph padding rows) are skipped. An fp8 cache stores
+        ``x / kv_scale[0 or 1]`` saturated to e4m3 (``kv_scale`` None: scale 1).
         """
         num_kv_heads, head_dim = kv_cache.shape[-2], kv_cache.shape[-1]
         flat = kv_cache.view(2, -1, num_kv_heads, head_dim)
@@ -104,8 +108,14 @@ class TorchAttentionBackend(AttentionBackend):
         if slots.numel() and bool((slots < 0).any()):
             keep = slots >= 0
             slots, key, value = slots[keep], key[keep], value[keep]
-        flat[0].index_copy_(0, slots, key.to(kv_cache.dtype))
-        flat[1].index_copy_(0, slots, value.to(kv_cache.dtype))
+        if is_fp8(kv_cache.dtype):
+            # index_copy_ has no float8 CPU kernel: copy the bytes
+            k_scale, v_scale = (None, None) if kv_scale is None else kv_scale
+            flat = flat.view(torch.uint8)
+            key = quantize(key, k_scale).view(torch.uint8)
+            value = quantize(value, v_scale).view(torch.uint8)
+        flat[0].index_copy_(0, slots, key.to(flat.dtype))
+        flat[1].index_copy_(0, slots, value.to(flat.dtype))
 
     def forward(
         self,
@@ -115,12 +125,15 @@ class TorchAttentionBackend(AttentionBackend):
         scale: float,
         sliding_window: int | None = None,
         softcap: float | None = None,
+        kv_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Attend ``query`` ``[T, H, d]`` over each sequence's paged context -> ``[T, H, d]``.
 
         With a ``sliding_window`` only the pages that hold the window are read: the table
-        slots before it may hold the null block (pages freed by the KV manager).
+        slots before it may hold the null block (pages freed by the KV manager). fp8 pages are
+        dequantized with ``kv_scale`` into ``query``'s dtype after the gather.
         """
+        self._scale = kv_scale
         output = torch.empty_like(query)
         num_decodes = metadata.num_decodes
         if num_decodes > 0:
@@ -142,9 +155,13 @@ class TorchAttentionBackend(AttentionBackend):
         return output
 
     def _gather_pages(
-        self, kv_cache: torch.Tensor, blocks: torch.Tensor
+        self, kv_cache: torch.Tensor, blocks: torch.Tensor, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """K and V pages ``blocks`` (flat ``[n]``), each as ``[n, block_size * kvh * d]``.
+
+        Pages come back in ``dtype`` (the query's): fp8 pages dequantized with the layer's
+        ``kv_scale`` given to ``forward``, pages of another float dtype converted (both as new
+        tensors).
 
         Each page is a contiguous row of the (contiguous) cache, so ``index_select`` along
         dim 0 is a plain row gather: measured several times faster on CPU than advanced
@@ -165,6 +182,11 @@ class TorchAttentionBackend(AttentionBackend):
         v_out = work[numel : 2 * numel].view(-1, row)
         torch.index_select(flat[0], 0, index, out=k_out)
         torch.index_select(flat[1], 0, index, out=v_out)
+        if is_fp8(kv_cache.dtype):
+            k_scale, v_scale = (None, None) if self._scale is None else self._scale
+            return dequantize(k_out, k_scale, dtype), dequantize(v_out, v_scale, dtype)
+        if kv_cache.dtype != dtype:  # kv_cache_dtype other than the model's (e.g. bf16 pages)
+            return k_out.to(dtype), v_out.to(dtype)
         return k_out, v_out
 
     def _decode_groups(self, metadata: AttentionMetadata) -> list[tuple[torch.Tensor | None, int]]:
@@ -247,7 +269,7 @@ class TorchAttentionBackend(AttentionBackend):
             _zero_rows(x.view(num_decodes * max_pad, kvh * dim), hidden)
             .view(num_decodes, max_pad, kvh, dim)
             .transpose(1, 2)
-            for x in self._gather_pages(kv_cache, tables)
+            for x in self._gather_pages(kv_cache, tables, query.dtype)
         )  # [B, kvh, L, d]
         # One query per sequence, so the g query heads sharing a KV head can ride as g query
         # rows of that head: [B, kvh, g, d]. Same result as GQA, no K/V expansion.
@@ -285,7 +307,9 @@ class TorchAttentionBackend(AttentionBackend):
                 first_page = max(0, seq_len - query_len - sliding_window + 1) // block_size
             key_start = first_page * block_size
             num_pages = -(-seq_len // block_size)
-            pages = self._gather_pages(kv_cache, metadata.block_tables[i, first_page:num_pages])
+            pages = self._gather_pages(
+                kv_cache, metadata.block_tables[i, first_page:num_pages], query.dtype
+            )
             k, v = (  # [1, kvh, L, d]
                 x.view(-1, *kv_cache.shape[-2:])[: seq_len - key_start].transpose(0, 1)[None]
                 for x in pages

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from pagedllm.attention.backend import AttentionBackend
+from pagedllm.attention.kv_quant import default_kv_scale, is_fp8
 from pagedllm.attention.metadata import AttentionMetadata
 from pagedllm.kernels import (
     decode_split_variants,
@@ -61,9 +62,12 @@ class TritonAttentionBackend(AttentionBackend):
         value: torch.Tensor,
         kv_cache: torch.Tensor,
         slot_mapping: torch.Tensor,
+        kv_scale: torch.Tensor | None = None,
     ) -> None:
-        """Write ``key``/``value`` ``[T, kvh, d]`` into ``kv_cache`` pages; slot < 0 skips."""
-        reshape_and_cache(key, value, kv_cache, slot_mapping)
+        """Write ``key``/``value`` ``[T, kvh, d]`` into ``kv_cache`` pages; slot < 0 skips.
+
+        An fp8 cache is quantized on write with ``kv_scale`` (``attention/kv_quant.py``)."""
+        reshape_and_cache(key, value, kv_cache, slot_mapping, kv_scale)
 
     def num_splits(self, num_decodes: int, num_kv_heads: int, max_seq_len: int, device) -> int:
         """Decode split count for a batch (pure function of static sizes)."""
@@ -91,11 +95,14 @@ class TritonAttentionBackend(AttentionBackend):
         query = torch.zeros(1, num_heads, head_dim, dtype=dtype, device=device)
         tables = torch.zeros(1, 1, dtype=torch.int32, device=device)
         seq_lens = torch.full((1,), block_size, dtype=torch.int32, device=device)
+        # an fp8 cache is read with its layer's scales: the variant with a scale pointer
+        kv_scale = default_kv_scale(device) if is_fp8(kv_cache.dtype) else None
         for windowed in (None, block_size):  # sliding-window layers are a variant too
             for n in splits:
                 paged_decode_attention(
-                    query, kv_cache, tables, seq_lens, 1.0, num_splits=n, sliding_window=windowed
-                )
+                    query, kv_cache, tables, seq_lens, 1.0, num_splits=n,
+                    sliding_window=windowed, kv_scale=kv_scale,
+                )  # fmt: skip
 
     def _sm_count(self, device: torch.device) -> int:
         if self.num_sms is not None:
@@ -116,6 +123,7 @@ class TritonAttentionBackend(AttentionBackend):
         scale: float,
         sliding_window: int | None = None,
         softcap: float | None = None,
+        kv_scale: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Paged attention for a flat batch: ``query`` ``[T, H, d]`` -> ``[T, H, d]``.
 
@@ -147,6 +155,7 @@ class TritonAttentionBackend(AttentionBackend):
                 sliding_window=sliding_window,
                 out=out[:num_decodes],
                 softcap=softcap,
+                kv_scale=kv_scale,
             )
         num_prefills = metadata.num_seqs - metadata.num_decodes
         if num_prefills > 0:
@@ -163,5 +172,6 @@ class TritonAttentionBackend(AttentionBackend):
                 sliding_window=sliding_window,
                 out=out,
                 softcap=softcap,
+                kv_scale=kv_scale,
             )
         return out

@@ -15,17 +15,25 @@ def add_bench_args(
     sub = parser.add_subparsers(dest="bench", required=True, metavar="BENCHMARK")
     tp = sub.add_parser(
         "throughput",
-        help="offline throughput on a fixed workload (W1/W2/W3)",
+        help="offline throughput on a fixed workload (W1/W2/W3, W-long)",
         formatter_class=formatter_class,
     )
     add_engine_args(tp)
-    tp.add_argument("--preset", default=None, help="qwen3-0.6b or qwen3-8b (HF-style config)")
+    tp.add_argument(
+        "--preset",
+        default=None,
+        help="qwen3-0.6b, qwen3-0.6b-128k (131,072 positions, RoPE as configured) or qwen3-8b "
+        "(HF-style configs)",
+    )
     tp.add_argument("--dummy", action="store_true", help="random weights (load_format=dummy)")
     tp.add_argument(
         "--workload",
         default=None,
-        choices=["w1", "w2", "w3"],
-        help="default: w2 for the 8b preset, w1 for other presets, w3 otherwise",
+        choices=["w1", "w2", "w3", "long", "long-128k"],
+        help="default: w2 for the 8b preset, w1 for other presets, w3 otherwise; long: 8 x "
+        "32,000-token prompts, long-128k: 1 x 128,000 (prefill with 1 output token, then "
+        "decode ms/step with 128; default preset qwen3-0.6b / qwen3-0.6b-128k, dummy weights, "
+        "max-model-len raised to fit)",
     )
     tp.add_argument("--num-prompts", type=int, default=None, help="run only the first N requests")
     tp.add_argument(

@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 
 from pagedllm.benchmark import workloads
+from pagedllm.benchmark.long_workload import prepare_long_args, run_long_workload
 from pagedllm.benchmark.throughput import run_workload
 from pagedllm.config import EngineConfig
 from pagedllm.engine.llm_engine import LLMEngine
@@ -40,6 +41,9 @@ def run_throughput_or_sweep(
     args: argparse.Namespace, make_config: Callable[[argparse.Namespace], EngineConfig]
 ) -> dict:
     """Results for each block size asked for (one when no sweep), plus a recommendation."""
+    long_spec = workloads.LONG_WORKLOADS.get(args.workload or "")
+    if long_spec is not None:
+        prepare_long_args(args, long_spec)
     if args.preset:
         args.model = workloads.preset_path(args.preset)
     if args.dummy:
@@ -55,6 +59,19 @@ def run_throughput_or_sweep(
         start = time.perf_counter()
         engine = LLMEngine.from_config(make_config(args))
         log_startup_summary(engine, time.perf_counter() - start)
+        if long_spec is not None:
+            result = run_long_workload(engine, long_spec)
+            result["block_size"] = size
+            runs.append(result)
+            print(
+                f"block_size={size:4d}  prefill {result['prefill_s']:.2f} s  decode "
+                f"{result['decode_ms_per_step']:.2f} ms/step (KV read "
+                f"{result['kv_read_gb_per_step']:.2f} GB/step)",
+                flush=True,
+            )
+            del engine
+            gc.collect()
+            continue
         load, temperature = _select_workload(args, engine)
         result = run_workload(engine, load, temperature)
         runs.append(result.as_dict())
@@ -66,5 +83,8 @@ def run_throughput_or_sweep(
         )
         del engine
         gc.collect()
-    best = max(runs, key=lambda r: r["output_tok_s"])
+    if long_spec is not None:
+        best = min(runs, key=lambda r: r["decode_ms_per_step"])
+    else:
+        best = max(runs, key=lambda r: r["output_tok_s"])
     return {"runs": runs, "recommended_block_size": best["block_size"]}

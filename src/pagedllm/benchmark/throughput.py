@@ -36,10 +36,12 @@ def run_workload(
 ) -> ThroughputResult:
     """Generate every request of ``workload`` (ignore_eos, fixed lengths) and time it."""
     if warmup:
-        _run(engine, [workload.prompts[0][:16]], [4], temperature, prefix="warm")
+        run_requests(engine, [workload.prompts[0][:16]], [4], temperature, prefix="warm")
     preempt_before = engine.scheduler.num_preemptions
     start = time.perf_counter()
-    produced = _run(engine, workload.prompts, workload.output_lens, temperature, prefix="req")
+    produced = run_requests(
+        engine, workload.prompts, workload.output_lens, temperature, prefix="req"
+    )
     elapsed = time.perf_counter() - start
     return ThroughputResult(
         workload=workload.name,
@@ -54,13 +56,15 @@ def run_workload(
     )
 
 
-def _run(
+def run_requests(
     engine: LLMEngine,
     prompts: list[list[int]],
     output_lens: list[int],
     temperature: float,
     prefix: str,
 ) -> int:
+    """Queue every prompt (ignore_eos, exactly its output length), step until all finish;
+    returns the output tokens produced. Request ids are ``{prefix}-{i}``."""
     for i, (prompt, out_len) in enumerate(zip(prompts, output_lens, strict=True)):
         params = SamplingParams(temperature=temperature, max_tokens=out_len, ignore_eos=True)
         engine.add_request(f"{prefix}-{i}", None, params, prompt_token_ids=prompt, stream=False)

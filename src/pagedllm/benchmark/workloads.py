@@ -9,6 +9,10 @@ from pathlib import Path
 PRESETS = {
     "qwen3-0.6b": "qwen3-0.6b.json",
     "qwen3-8b": "qwen3-8b.json",
+    # the same shape with max_position_embeddings 131,072 and RoPE as configured (theta 1e6, no
+    # YaRN scaling): for the 1 x 128k long-context workload on dummy weights, where only the
+    # shapes matter (the real Qwen3 reaches 128k through YaRN, which changes no shape or cost)
+    "qwen3-0.6b-128k": "qwen3-0.6b-128k.json",
     # hybrid KV cache study shapes (max_position_embeddings raised to 128k for the study)
     "gemma-3-1b": "gemma-3-1b.json",
     "gemma-2-2b": "gemma-2-2b.json",
@@ -63,6 +67,31 @@ def w2(num_requests: int = 256, prompt_len: int = 1024, output_len: int = 2048) 
     rng = random.Random(0)
     prompts = [[rng.randint(0, 10000) for _ in range(prompt_len)] for _ in range(num_requests)]
     return Workload("W2", prompts, [output_len] * num_requests)
+
+
+@dataclass(frozen=True, slots=True)
+class LongSpec:
+    """W-long (DESIGN.md): ``num`` prompts of ``length`` random ids, timed with 1 output token
+    (prefill) and with ``new`` (decode), on ``preset`` (dummy weights)."""
+
+    name: str
+    num: int
+    length: int
+    new: int
+    preset: str
+
+
+LONG_WORKLOADS = {
+    "long": LongSpec("W-long 8x32k", 8, 32_000, 128, "qwen3-0.6b"),
+    "long-128k": LongSpec("W-long 1x128k", 1, 128_000, 128, "qwen3-0.6b-128k"),
+}
+
+
+def long_prompts(num: int, length: int, seed: int = 0) -> list[list[int]]:
+    """``num`` prompts of ``length`` token ids uniform in [0, 10000); a new ``seed`` per timed
+    run keeps runs from hitting each other's prefix cache."""
+    rng = random.Random(seed)
+    return [[rng.randint(0, 10000) for _ in range(length)] for _ in range(num)]
 
 
 W3_TOPICS = [

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from pagedllm.config import EngineConfig
+from pagedllm.config import KV_CACHE_DTYPES, EngineConfig
 
 _UNITS = {
     "": 1,
@@ -105,6 +105,13 @@ def add_engine_args(parser: argparse.ArgumentParser, positional_model: bool = Tr
         metavar="SIZE",
         help="KV pool size, e.g. 2GiB or 512MB (bytes without a unit; "
         "default: 1 GiB on CPU, --gpu-memory-utilization on GPU)",
+    )
+    parser.add_argument(
+        "--kv-cache-dtype",
+        default="auto",
+        choices=list(KV_CACHE_DTYPES),
+        help="dtype of the KV pages (auto: the model's; fp8 = fp8_e4m3: float8 e4m3 with a "
+        "per-layer K and V scale, twice the tokens in the same memory)",
     )
     parser.add_argument(
         "--num-gpu-blocks", type=int, default=None, help="KV pages (overrides the sizes above)"

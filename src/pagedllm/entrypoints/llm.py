@@ -38,6 +38,7 @@ class LLM:
         seed: int = 0,
         block_size: int = 16,
         kv_cache_memory: int | None = None,
+        kv_cache_dtype: str = "auto",
         num_gpu_blocks: int | None = None,
         gpu_memory_utilization: float = 0.90,
         swap_space: int = 0,

@@ -33,6 +33,7 @@ class StartupSummary:
     swap_bytes: int
     preemption_mode: str
     seconds_to_ready: float
+    kv_dtype: str = ""  # the pages' dtype (float8_e4m3fn with kv_cache_dtype="fp8")
 
     @property
     def kv_tokens(self) -> int:
@@ -55,7 +56,8 @@ class StartupSummary:
             f"model: {self.model} ({self.architecture}) from {self.path}",
             f"device: {self.device}, dtype: {self.dtype}",
             f"KV cache: {self.num_blocks} pages x {self.block_size} tokens = "
-            f"{self.kv_tokens:,} tokens ({_size(self.kv_bytes)})",
+            f"{self.kv_tokens:,} tokens ({_size(self.kv_bytes)})"
+            + (f", pages in {self.kv_dtype}" if self.kv_dtype else ""),
             f"maximum concurrency at max_model_len={self.max_model_len}: "
             f"{self.max_concurrency:.2f}x",
             f"prefix caching: {'on' if self.prefix_caching else 'off'}",
@@ -90,6 +92,7 @@ def summarize(engine: Any, seconds_to_ready: float) -> StartupSummary:
         swap_bytes=int(kv.num_cpu_blocks) * per_block,
         preemption_mode=str(getattr(config.scheduler.preemption_mode, "value", "recompute")),
         seconds_to_ready=seconds_to_ready,
+        kv_dtype=str(runner.kv_spec.dtype).removeprefix("torch."),
     )
 
 

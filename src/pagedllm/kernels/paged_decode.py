@@ -38,6 +38,7 @@ def _decode_split_kernel(
     part_out_ptr,
     part_m_ptr,
     part_l_ptr,
+    scale_ptr,
     qk_scale,
     sliding_window,
     softcap,
@@ -61,10 +62,14 @@ def _decode_split_kernel(
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
+    KV_CAST: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    if HAS_SCALE:  # fp8 pages hold k / k_scale: fold k_scale into the score scale
+        qk_scale = qk_scale * tl.load(scale_ptr)
 
     seq_len = tl.load(seq_lens_ptr + seq)
     ctx_lo = 0
@@ -101,6 +106,8 @@ def _decode_split_kernel(
         rows = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs
         kv_offs = rows[:, None] + offs_d[None, :]
         k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
+        if KV_CAST:  # fp8 (or another float) pages: convert in registers, same dot as bf16
+            k = k.to(q.dtype)
         if DOT_FP32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -112,10 +119,14 @@ def _decode_split_kernel(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
+        if KV_CAST:
+            v = v.to(q.dtype)
         if DOT_FP32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         m_i = m_new
+    if HAS_SCALE:  # the output is linear in V: apply v_scale once (partials too)
+        acc = acc * tl.load(scale_ptr + 1)
 
     if NUM_SPLITS == 1:
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -222,6 +233,7 @@ def paged_decode_attention(
     softcap: float | None = None,
     num_warps: int = 4,
     num_stages: int = 2,
+    kv_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its paged context.
 
@@ -231,7 +243,8 @@ def paged_decode_attention(
     (written into ``out`` when given). Launch shapes depend only on ``B``, ``num_splits`` and
     static sizes, so this is safe to capture in a CUDA graph. Only keys inside the window are
     read (pages before it may be the null block); ``softcap`` caps scores as
-    ``softcap * tanh(score / softcap)`` (Gemma 2).
+    ``softcap * tanh(score / softcap)`` (Gemma 2). A float8 ``kv_cache`` is dequantized on
+    load with ``kv_scale`` (float32 ``[2]``: K, V; None: 1.0), accumulating in float32.
     """
     num_seqs, num_heads, head_dim = query.shape
     out = torch.empty_like(query) if out is None else out
@@ -259,6 +272,7 @@ def paged_decode_attention(
         part_out,
         part_m,
         part_l,
+        seq_lens if kv_scale is None else kv_scale,  # unread without a scale
         scale if softcap else scale * LOG2E,
         sliding_window or 0,
         float(softcap or 0.0),
@@ -282,6 +296,8 @@ def paged_decode_attention(
         HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
+        KV_CAST=kv_cache.dtype != query.dtype,
+        HAS_SCALE=kv_scale is not None,
         num_warps=num_warps,
         num_stages=num_stages,
     )

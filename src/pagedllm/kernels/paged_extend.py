@@ -50,6 +50,7 @@ def _extend_tile_loop(
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
+    KV_CAST: tl.constexpr,
 ):
     """Online softmax over key tiles ``[lo, hi)``; ``MASKED`` adds causal/window/bound masks."""
     offs_d = tl.arange(0, HEAD_DIM)
@@ -59,6 +60,8 @@ def _extend_tile_loop(
         blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
         kv_offs = (blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs)[:, None] + offs_d[None, :]
         k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
+        if KV_CAST:  # fp8 (or another float) pages: convert in registers (scales: the caller)
+            k = k.to(q.dtype)
         if DOT_FP32:
             k = k.to(tl.float32)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
@@ -79,6 +82,8 @@ def _extend_tile_loop(
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
+        if KV_CAST:
+            v = v.to(q.dtype)
         if DOT_FP32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -96,6 +101,7 @@ def _paged_extend_kernel(
     seq_lens_ptr,
     query_start_loc_ptr,
     out_ptr,
+    scale_ptr,
     qk_scale,
     sliding_window,
     softcap,
@@ -119,6 +125,8 @@ def _paged_extend_kernel(
     HAS_SOFTCAP: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_FP32: tl.constexpr,
+    KV_CAST: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     seq = seq_offset + tl.program_id(0)
     # Causal work grows with the tile index: the heaviest tiles start first, so the last wave
@@ -142,6 +150,8 @@ def _paged_extend_kernel(
         q = tl.load(q_ptr + q_offs, mask=mmask[:, None], other=0.0)
         if DOT_FP32:
             q = q.to(tl.float32)
+        if HAS_SCALE:  # fp8 pages hold k / k_scale: fold k_scale into the score scale
+            qk_scale = qk_scale * tl.load(scale_ptr)
         pos_m = prefix + offs_m
         first_pos = prefix + m_tile * (BLOCK_M // NUM_PACK)
         # Keys past the tile's last query position are never visible.
@@ -158,6 +168,7 @@ def _paged_extend_kernel(
                 acc, l_i, m_i, q, k_base, bt_row, pos_m, lo, hi, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
                 HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
+                KV_CAST,
             )  # fmt: skip
         else:
             # Whole tiles of keys at or before the tile's first query position are visible to
@@ -167,12 +178,16 @@ def _paged_extend_kernel(
                 acc, l_i, m_i, q, k_base, bt_row, pos_m, 0, mid, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
                 HEAD_DIM, BLOCK_SIZE, BLOCK_N, False, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
+                KV_CAST,
             )  # fmt: skip
             acc, l_i, m_i = _extend_tile_loop(
                 acc, l_i, m_i, q, k_base, bt_row, pos_m, mid, hi, qk_scale, sliding_window, softcap,
                 stride_ckv, stride_cb, stride_cs,
                 HEAD_DIM, BLOCK_SIZE, BLOCK_N, True, HAS_WINDOW, HAS_SOFTCAP, DOT_PRECISION, DOT_FP32,
+                KV_CAST,
             )  # fmt: skip
+        if HAS_SCALE:  # the output is linear in V: apply v_scale once
+            acc = acc * tl.load(scale_ptr + 1)
         l_safe = tl.where(l_i > 0.0, l_i, 1.0)
         out = acc / l_safe[:, None]
         tl.store(
@@ -215,6 +230,7 @@ def paged_extend_attention(
     num_stages: int | None = None,
     softcap: float | None = None,
     pack_gqa: bool | None = None,
+    kv_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Causal attention of variable-length query chunks over their paged contexts.
 
@@ -223,7 +239,8 @@ def paged_extend_attention(
     sequences in ``out`` are left untouched. ``max_query_len`` is an upper bound on those
     sequences' query lengths (it sizes the grid). Returns ``out`` (``[T, H, d]``).
     ``pack_gqa`` puts the query heads of one KV head in the same tile (default: on the GPU
-    when heads share KV heads), so each K/V page read serves all of them.
+    when heads share KV heads), so each K/V page read serves all of them. A float8
+    ``kv_cache`` is dequantized on load with ``kv_scale`` (float32 ``[2]``; None: 1.0).
     """
     num_heads, head_dim = query.shape[1], query.shape[2]
     out = torch.empty_like(query) if out is None else out
@@ -248,6 +265,7 @@ def paged_extend_attention(
         seq_lens,
         query_start_loc,
         out,
+        seq_lens if kv_scale is None else kv_scale,  # unread without a scale
         scale if softcap else scale * LOG2E,
         sliding_window or 0,
         float(softcap or 0.0),
@@ -271,6 +289,8 @@ def paged_extend_attention(
         HAS_SOFTCAP=bool(softcap),
         DOT_PRECISION=precision,
         DOT_FP32=upcast,
+        KV_CAST=kv_cache.dtype != query.dtype,
+        HAS_SCALE=kv_scale is not None,
         num_warps=num_warps or dw,
         num_stages=num_stages or ds,
     )

@@ -3,6 +3,9 @@
 KV cache layout per layer: ``[2, num_blocks, block_size, num_kv_heads, head_dim]`` (0 = K,
 1 = V). Token ``t`` of the batch goes to flat slot ``slot_mapping[t]`` = ``block * block_size +
 offset``; a negative slot means "skip" (CUDA-graph padding rows).
+
+An fp8 cache (``torch.float8_e4m3fn``) is written as ``x / scale`` saturated to +-448, with the
+layer's ``kv_scale`` ``[k_scale, v_scale]`` loaded from device memory (``attention/kv_quant.py``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ def _reshape_and_cache_kernel(
     value_ptr,
     cache_ptr,
     slot_ptr,
+    scale_ptr,
     stride_kt,
     stride_kh,
     stride_vt,
@@ -30,6 +34,8 @@ def _reshape_and_cache_kernel(
     num_kv_heads,
     HEAD_DIM: tl.constexpr,
     HEADS_PAD: tl.constexpr,
+    KV_FP8: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     # One program per token: copies all kv heads of K and V (one contiguous-ish [kvh, d] tile).
     tok = tl.program_id(0)
@@ -49,6 +55,15 @@ def _reshape_and_cache_kernel(
             value_ptr + tok64 * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :],
             mask=mask,
         )
+        if KV_FP8:
+            k = k.to(tl.float32)
+            v = v.to(tl.float32)
+            if HAS_SCALE:
+                k = k / tl.load(scale_ptr)
+                v = v / tl.load(scale_ptr + 1)
+            # saturate: a cast of a value past the e4m3 range gives NaN, not the largest value
+            k = tl.minimum(tl.maximum(k, -448.0), 448.0)
+            v = tl.minimum(tl.maximum(v, -448.0), 448.0)
         dst = cache_ptr + blk * stride_cb + off * stride_cs
         dst = dst + offs_h[:, None] * stride_ch + offs_d[None, :]
         tl.store(dst, k.to(cache_ptr.dtype.element_ty), mask=mask)
@@ -60,10 +75,12 @@ def reshape_and_cache(
     value: torch.Tensor,
     kv_cache: torch.Tensor,
     slot_mapping: torch.Tensor,
+    kv_scale: torch.Tensor | None = None,
 ) -> None:
     """Scatter ``key``/``value`` ``[T, kvh, d]`` into ``kv_cache`` at ``slot_mapping`` ``[T]``.
 
-    Rows with a negative slot are skipped. ``head_dim`` must be a power of two and the last
+    Rows with a negative slot are skipped. A float8 ``kv_cache`` gets ``x / kv_scale``
+    (float32 ``[2]``: K, V; None: scale 1) saturated to the e4m3 range. ``head_dim`` must be a power of two and the last
     dimension of every tensor must be contiguous (the per-head rows are copied as vectors).
     """
     num_tokens, num_kv_heads, head_dim = key.shape
@@ -86,6 +103,7 @@ def reshape_and_cache(
         value,
         kv_cache,
         slot_mapping,
+        slot_mapping if kv_scale is None else kv_scale,  # unread without a scale
         key.stride(0),
         key.stride(1),
         value.stride(0),
@@ -98,5 +116,7 @@ def reshape_and_cache(
         num_kv_heads,
         HEAD_DIM=head_dim,
         HEADS_PAD=triton.next_power_of_2(num_kv_heads),
+        KV_FP8=kv_cache.dtype == torch.float8_e4m3fn,
+        HAS_SCALE=kv_scale is not None,
         num_warps=1 if num_kv_heads * head_dim <= 512 else 4,
     )

@@ -41,6 +41,9 @@ class Attention(nn.Module):
         self.sliding_window = sliding_window
         # Gemma 2: scores become cap * tanh(score / cap) before the mask
         self.logit_softcap = logit_softcap or None
+        # fp8 KV cache: this layer's [k_scale, v_scale] (float32, on the device), set by the
+        # runner when it allocates an fp8 cache; None for caches in a float dtype
+        self.kv_scale: torch.Tensor | None = None
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """``q [T, H*D]``, ``k``/``v`` ``[T, KVH*D]`` -> ``[T, H*D]``."""
@@ -54,7 +57,9 @@ class Attention(nn.Module):
         else:
             kv_cache = ctx.kv_caches[self.layer_idx]
             metadata = ctx.metadata_for(self.layer_idx)
-            ctx.backend.write_kv(key, value, kv_cache, metadata.slot_mapping)
+            ctx.backend.write_kv(
+                key, value, kv_cache, metadata.slot_mapping, kv_scale=self.kv_scale
+            )
             out = ctx.backend.forward(
                 query,
                 kv_cache,
@@ -62,6 +67,7 @@ class Attention(nn.Module):
                 self.scale,
                 sliding_window=self.sliding_window,
                 softcap=self.logit_softcap,
+                kv_scale=self.kv_scale,
             )
         return out.reshape(num_tokens, self.num_heads * self.head_dim)
 

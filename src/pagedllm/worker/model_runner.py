@@ -15,9 +15,11 @@ from collections.abc import Sequence
 
 import torch
 
+from pagedllm.attention.kv_quant import default_kv_scale, is_fp8, resolve_kv_cache_dtype
 from pagedllm.attention.metadata import ForwardContext, set_forward_context
 from pagedllm.config import EngineConfig
 from pagedllm.core.scheduler_output import SchedulerOutput
+from pagedllm.layers.attention import Attention
 from pagedllm.loader import ModelSource
 from pagedllm.models.registry import build_model
 from pagedllm.structured.manager import StructuredOutputManager
@@ -46,7 +48,7 @@ class ModelRunner:
         self.model.eval()
         self.vocab_size = int(source.hf_config["vocab_size"])
         self.block_size = config.cache.block_size
-        cache_dtype = self.dtype if config.cache.cache_dtype == "auto" else _dtype(config)
+        cache_dtype = resolve_kv_cache_dtype(config.cache.kv_cache_dtype, self.dtype)
         # KV cache groups by attention type (core/kv_cache_spec.py); the engine builds the
         # same layout for the scheduler
         self.kv_layout = kv_cache_layout(source.hf_config, config.cache.disable_hybrid_kv_cache)
@@ -60,6 +62,10 @@ class ModelRunner:
             dtype=cache_dtype,
             layer_tensor=tuple(j for _, j in slots) if self.kv_layout.num_groups > 1 else None,
         )
+        if is_fp8(cache_dtype):  # each attention layer passes its scales with its pages
+            for layer in self.model.modules():
+                if isinstance(layer, Attention):
+                    layer.kv_scale = default_kv_scale(self.device)
         self.backend = self._make_backend()
         # grammar matchers of constrained sequences (the engine validates through it too)
         self.structured = StructuredOutputManager(source.tokenizer, self.vocab_size)
@@ -190,7 +196,3 @@ class ModelRunner:
 
     def shutdown(self) -> None:
         """Nothing to stop on one device (the ``Executor`` protocol's hook)."""
-
-
-def _dtype(config: EngineConfig) -> torch.dtype:
-    return getattr(torch, config.cache.cache_dtype)
