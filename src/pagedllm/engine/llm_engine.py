@@ -22,6 +22,7 @@ from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
+from pagedllm.engine.stats import EngineStats, engine_stats
 from pagedllm.engine.request_group import RequestGroup, SampleState
 from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
 from pagedllm.loader import load_model_source
@@ -32,23 +33,6 @@ from pagedllm.worker.executor import create_executor
 from pagedllm.worker.pending import PendingStep
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """A snapshot for metrics and logs."""
-
-    num_running: int
-    num_waiting: int
-    num_swapped: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    kv_usage: float  # 0 when idle: cached-but-unreferenced blocks count as free
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
 
 
 @dataclass(slots=True)
@@ -122,6 +106,7 @@ class LLMEngine:
         prompt_token_ids: list[int] | None = None,
         arrival_time: float | None = None,
         stream: bool = True,
+        detokenize: bool = True,
     ) -> None:
         """Queue a request. Bad input raises ValueError/TypeError and queues nothing.
 
@@ -129,6 +114,8 @@ class LLMEngine:
         batches: no per-step output objects, text decoded once at the end). With
         ``BeamSearchParams`` the request is a beam search (``engine/beam_search.py``): one
         output, when the search ends, with the ``beam_width`` best sequences best first.
+        With ``detokenize=False`` (the engine-core process: its front end decodes) outputs carry
+        token ids only, unless the request has stop strings, which need the text here.
         """
         if not isinstance(request_id, str) or not request_id:
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
@@ -185,6 +172,7 @@ class LLMEngine:
             arrival_time=arrival,
             prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
             stream=stream,
+            detokenize=detokenize or bool(params.stop),
         )
         # raises ValueError if it can never fit; samples 1..n-1 fork when the prompt completes
         self.scheduler.add_request(requests[0], forks=requests[1:])
@@ -355,7 +343,7 @@ class LLMEngine:
                 state.logprobs.append(entry)
                 state.delta_logprobs.append(entry)
                 state.cumulative_logprob += result.sampled_logprob.get(request.request_id, 0.0)
-            if group.detokenize_at_end:
+            if group.detokenize_at_end or not group.detokenize:
                 stop_hit = None
             else:
                 delta, stop_hit = state.detokenizer.add_tokens([token])
@@ -365,9 +353,12 @@ class LLMEngine:
                 self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
                 break
         if request.is_finished and state.finish_reason is None:
-            if group.detokenize_at_end and request.output_token_ids:
+            if group.detokenize_at_end and group.detokenize and request.output_token_ids:
                 state.delta_text += state.detokenizer.add_tokens(request.output_token_ids)[0]
-            if request.status is not RequestStatus.FINISHED_STOPPED or request.stop_reason is None:
+            stopped_by_string = request.status is RequestStatus.FINISHED_STOPPED and (
+                request.stop_reason is not None
+            )
+            if group.detokenize and not stopped_by_string:
                 state.delta_text += state.detokenizer.flush()
             self._close_sample(state)
 
@@ -455,18 +446,5 @@ class LLMEngine:
         return take_kv_snapshot(self.scheduler)
 
     def stats(self) -> EngineStats:
-        kv = self.scheduler.kv_manager
-        total = kv.num_blocks
-        return EngineStats(
-            num_running=self.scheduler.num_running,
-            num_waiting=self.scheduler.num_waiting,
-            num_swapped=self.scheduler.num_swapped,
-            kv_blocks_used=total - kv.num_free_blocks,
-            kv_blocks_total=total,
-            kv_usage=kv.usage(),
-            prefix_cache_queries=kv.prefix_cache_queries,
-            prefix_cache_hits=kv.prefix_cache_hits,
-            num_preemptions=self.scheduler.num_preemptions,
-            prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
-        )
+        """Counters and gauges for metrics and logs (``engine/stats.py``)."""
+        return engine_stats(self)

@@ -65,6 +65,7 @@ class RequestGroup:
     error: str | None = None
     changed: bool = False
     stream: bool = True  # False: only the final output is emitted (offline batches)
+    detokenize: bool = True  # False: ids only, the front end decodes (engine-core process)
 
     @property
     def detokenize_at_end(self) -> bool:
