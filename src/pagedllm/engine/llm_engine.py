@@ -22,9 +22,14 @@ from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
+from pagedllm.engine.request_group import RequestGroup, SampleState, new_request_group
 from pagedllm.engine.stats import EngineStats, engine_stats
-from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
+from pagedllm.engine.validation import (
+    check_logit_bias,
+    check_params,
+    resolve_max_tokens,
+    resolve_prompt,
+)
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.step_result import StepResult
@@ -148,32 +153,10 @@ class LLMEngine:
             self._group_of[first.request_id] = group
             self.prompt_tokens_total += len(ids)
             return
-        requests = [
-            Request(
-                request_id=f"{internal}.{i}",
-                prompt_token_ids=list(ids),
-                sampling_params=params,
-                eos_token_ids=self.eos_token_ids,
-                arrival_time=arrival,
-                max_tokens=max_tokens,
-                parent_id=None if i == 0 else f"{internal}.0",
-                sample_index=i,
-                group_width=params.n,
-            )
-            for i in range(params.n)
-        ]
-        group = RequestGroup(
-            request_id=request_id,
-            prompt=text,
-            prompt_token_ids=list(ids),
-            params=params,
-            samples=[self._sample_state(requests[0])],
-            unforked=requests[1:],
-            arrival_time=arrival,
-            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
-            stream=stream,
-            detokenize=detokenize or bool(params.stop),
-        )
+        group, requests = new_request_group(
+            request_id, internal, text, ids, params, max_tokens, self.eos_token_ids, arrival,
+            self._sample_state, stream=stream, detokenize=detokenize or bool(params.stop),
+        )  # fmt: skip
         # raises ValueError if it can never fit; samples 1..n-1 fork when the prompt completes
         self.scheduler.add_request(requests[0], forks=requests[1:])
         self._groups[request_id] = group
@@ -183,12 +166,7 @@ class LLMEngine:
 
     def _check_constraints(self, params: SamplingParams) -> None:
         """logit_bias ids inside the vocabulary; the grammar compiles (cached for the run)."""
-        for token_id in params.logit_bias or {}:
-            if token_id >= self.vocab_size:
-                raise ValueError(
-                    f"logit_bias token id {token_id} is outside the vocabulary "
-                    f"(size {self.vocab_size})"
-                )
+        check_logit_bias(params, self.vocab_size)
         self.runner.structured.validate(params.structured_output)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
