@@ -21,6 +21,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,8 +77,13 @@ def run_engine_core(config: Any, addresses: CoreAddresses) -> None:
             sock.send_multipart([b"fail", message.encode()])
         sys.exit(3)
     core.announce()
+    # The loop runs on a thread of its own, as the in-process server's engine thread does:
+    # torch's CPU ops issued from the main thread measured up to 25x slower on a loaded 2-core
+    # host (its OpenMP team spins against everything else), from a second thread not.
+    loop = threading.Thread(target=core.run, name="pagedllm-engine-core")
     try:
-        core.run()
+        loop.start()
+        loop.join()
     finally:
         core.engine.shutdown()
         for sock in outs:
