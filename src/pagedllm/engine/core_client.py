@@ -157,6 +157,9 @@ class AsyncMPEngine(AsyncLLMEngine):
         if self._dead:
             cmd.done(EngineDeadError(self.last_error or "the engine core is not running"))
             return
+        if cmd.request_id in self._front:
+            cmd.done(ValueError(f"request id {cmd.request_id!r} is already in use"))
+            return
         tokenizer = self.engine.tokenizer
         try:  # tokenize and check here: a bad prompt costs no round trip
             text, ids = resolve_prompt(
