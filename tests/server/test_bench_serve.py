@@ -10,6 +10,15 @@ import json
 
 from pagedllm.entrypoints.cli import main
 
+# a tiny Qwen3 shape for dummy weights (also used by test_core_client.py)
+TINY_QWEN3 = {
+    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
+    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
+    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 10240,
+    "max_position_embeddings": 4096, "rope_theta": 10000, "rms_norm_eps": 1e-6,
+    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
+}  # fmt: skip
+
 
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
@@ -35,14 +44,7 @@ def test_bench_serve_reports_a_table_and_shows_progress(
 
 
 def test_bench_throughput_shows_progress(monkeypatch, capsys, tmp_path):
-    config = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 10240,
-        "max_position_embeddings": 4096, "rope_theta": 10000, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
-    }  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_QWEN3))
     err = _Terminal()
     monkeypatch.setattr("sys.stderr", err)
     code = main(
@@ -57,14 +59,7 @@ def test_bench_throughput_shows_progress(monkeypatch, capsys, tmp_path):
 def test_bench_serve_launches_the_server_and_runs_the_workload_offline(tmp_path, capsys):
     """--model-path: a server with the engine core in its own process, token-id prompts from
     two client processes, then the same workload offline, in one call."""
-    config = {
-        "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
-        "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-        "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 10240,
-        "max_position_embeddings": 4096, "rope_theta": 10000, "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
-    }  # fmt: skip
-    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "config.json").write_text(json.dumps(TINY_QWEN3))
     out_file = tmp_path / "bench.json"
     code = main(
         ["bench", "serve", "--model-path", str(tmp_path), "--dummy",

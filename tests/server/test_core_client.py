@@ -7,17 +7,13 @@ import asyncio
 import json
 
 import pytest
+from test_bench_serve import TINY_QWEN3
 
 pytest.importorskip("zmq")
 pytest.importorskip("msgspec")
 
-TINY = {
-    "architectures": ["Qwen3ForCausalLM"], "model_type": "qwen3", "hidden_size": 64,
-    "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
-    "num_key_value_heads": 2, "head_dim": 16, "vocab_size": 512,
-    "max_position_embeddings": 256, "rope_theta": 10000, "rms_norm_eps": 1e-6,
-    "tie_word_embeddings": True, "bos_token_id": 1, "eos_token_id": 2,
-}  # fmt: skip
+# tests/server is on sys.path (rootless test modules)
+TINY = dict(TINY_QWEN3, vocab_size=512, max_position_embeddings=256)
 
 
 def _config(path):

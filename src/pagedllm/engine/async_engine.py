@@ -363,6 +363,10 @@ class AsyncLLMEngine:
         except Exception:  # noqa: BLE001 - metrics must never break serving
             logger.exception("engine.stats() failed")
             return
+        self._publish_stats(stats)
+
+    def _publish_stats(self, stats: Any) -> None:
+        """Keep ``stats`` for ``stats()`` and run the hooks (stats log, dashboard)."""
         with self._stats_lock:
             self._stats = stats
         for hook in self.stats_hooks:

@@ -236,16 +236,7 @@ class AsyncMPEngine(AsyncLLMEngine):
                 self._front.pop(rid, None)
             self._fail_streams(batch.failed_ids, batch.step_error or "engine step failed")
         if batch.stats is not None:
-            self._set_stats(batch.stats)
-
-    def _set_stats(self, stats: Any) -> None:
-        with self._stats_lock:
-            self._stats = stats
-        for hook in self.stats_hooks:
-            try:
-                hook(self.engine, stats)
-            except Exception:  # noqa: BLE001 - logging and dashboards must never break serving
-                logger.exception("stats hook %r failed", hook)
+            self._publish_stats(batch.stats)
 
     def _on_core_exit(self, exitcode: int | None) -> None:
         if self._dead or self._closing.is_set():
