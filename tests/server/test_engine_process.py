@@ -81,6 +81,8 @@ def test_sigterm_drains_then_stops_the_core() -> None:
     proc, base = _start_server(extra=ENGINE_PROCESS)
     try:
         core = _core_pid(proc.pid)
+        # the core loads no web stack (pydantic's compiled core would be mapped)
+        assert "pydantic_core" not in Path(f"/proc/{core}/maps").read_text()
         lines: list[str] = []
         body = dict(BODY, max_tokens=24)  # well inside the 20 s grace period on a slow CPU
         with httpx.stream("POST", base + "/v1/completions", json=body, timeout=60) as resp:

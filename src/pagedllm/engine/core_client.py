@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import pickle
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -116,7 +117,7 @@ class AsyncMPEngine(AsyncLLMEngine):
         process = multiprocessing.get_context("spawn").Process(
             target=run_engine_core, args=(config, addresses), name="pagedllm-engine-core"
         )
-        process.start()
+        _start_without_main(process)
         try:
             info = wait_ready(outputs, process)
         except BaseException:
@@ -293,6 +294,25 @@ def wait_ready(outputs: zmq.Socket, process: Any) -> dict[str, Any]:
                 f"the engine core process exited while starting (exit code {process.exitcode})"
             )
     raise RuntimeError(f"the engine core did not become ready in {_START_TIMEOUT_S:g} s")
+
+
+def _start_without_main(process: Any) -> None:
+    """Start a spawn process without re-importing our ``__main__`` in it.
+
+    spawn re-imports the parent's main module in the child (``python -m
+    pagedllm.entrypoints.openai.server`` would import FastAPI into the engine core); the target
+    lives in ``engine/core_proc.py`` and needs none of it, so the main module's spec and file are
+    hidden while the child is prepared.
+    """
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__[k] for k in ("__spec__", "__file__") if k in main.__dict__}
+    main.__dict__["__spec__"] = None
+    main.__dict__.pop("__file__", None)
+    try:
+        process.start()
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _stop_process(process: Any, timeout: float) -> None:

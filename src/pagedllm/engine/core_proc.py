@@ -76,6 +76,9 @@ def run_engine_core(config: Any, addresses: CoreAddresses) -> None:
         for sock in outs:
             sock.send_multipart([b"fail", message.encode()])
         sys.exit(3)
+    leaked = [m for m in ("fastapi", "uvicorn", "starlette") if m in sys.modules]
+    if leaked:  # the core must stay free of the web stack (its import time, its memory)
+        logger.warning("the engine core imported %s", ", ".join(leaked))
     core.announce()
     # The loop runs on a thread of its own, as the in-process server's engine thread does:
     # torch's CPU ops issued from the main thread measured up to 25x slower on a loaded 2-core
