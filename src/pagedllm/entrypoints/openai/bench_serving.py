@@ -55,9 +55,9 @@ def add_bench_serve_args(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--num-prompts",
-        type=int,
         default=None,
-        help="requests per level (default: max(8, 2 x concurrency))",
+        help="requests per level: one count, or one per --concurrency level "
+        "(default: max(8, 2 x concurrency))",
     )
     parser.add_argument(
         "--input-len", default="32,256", help="prompt length range in words, 'lo,hi'"
@@ -93,9 +93,21 @@ def _prompts(n: int, lo: int, hi: int, seed: int) -> list[str]:
     return [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(lo, hi))) for _ in range(n)]
 
 
+def _num_prompts(args: argparse.Namespace, concurrency: int) -> int:
+    if args.num_prompts is None:
+        return max(8, 2 * concurrency)
+    counts = [int(x) for x in str(args.num_prompts).split(",")]
+    if len(counts) == 1:
+        return counts[0]
+    levels = [int(x) for x in str(args.concurrency).split(",") if x.strip()]
+    if len(counts) != len(levels):
+        raise ValueError("num_prompts: give one count, or one per concurrency level")
+    return counts[levels.index(concurrency)]
+
+
 def level_prompts(args: argparse.Namespace, concurrency: int) -> list[str] | list[list[int]]:
     """The prompts of one level: words (``--input-len``) or token ids (``--prompt-ids``)."""
-    n = args.num_prompts or max(8, 2 * concurrency)
+    n = _num_prompts(args, concurrency)
     if args.prompt_ids:
         lo, hi = (int(x) for x in args.prompt_ids.split(","))
         rng = random.Random(args.seed + concurrency)
