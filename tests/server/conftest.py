@@ -7,6 +7,7 @@ testable on the same server as everything else.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -17,6 +18,9 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+# PAGEDLLM_TEST_ENGINE_PROCESS=1 runs the session server with the engine core in its own process
+# (``AsyncMPEngine``), as ``pagedllm serve`` does on a GPU; unset, in-process (the CPU default)
+ENGINE_PROCESS = os.environ.get("PAGEDLLM_TEST_ENGINE_PROCESS", "") == "1"
 API_KEY = "test-key"
 MODEL = "smol"
 MAX_MODEL_LEN = 512
@@ -61,7 +65,12 @@ def server() -> Iterator[ServerHandle]:
     from pagedllm.entrypoints.openai.http_protocol import make_server_socket
     from pagedllm.entrypoints.openai.server import build_app, uvicorn_config
 
-    engine = AsyncLLMEngine.from_config(engine_config(), max_waiting_requests=256)
+    if ENGINE_PROCESS:
+        from pagedllm.engine.core_client import AsyncMPEngine
+
+        engine = AsyncMPEngine.from_config(engine_config(), max_waiting_requests=256)
+    else:
+        engine = AsyncLLMEngine.from_config(engine_config(), max_waiting_requests=256)
     app = build_app(
         engine,
         api_key=API_KEY,
@@ -84,6 +93,7 @@ def server() -> Iterator[ServerHandle]:
     yield ServerHandle(f"http://127.0.0.1:{port}", API_KEY, MODEL, engine)
     uv.should_exit = True
     thread.join(30)
+    engine.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -18,7 +18,9 @@ import pytest
 SRC = Path(__file__).resolve().parents[2] / "src"
 
 
-def _start_server(shutdown_timeout: float = 20) -> tuple[subprocess.Popen, str]:
+def _start_server(
+    shutdown_timeout: float = 20, extra: tuple[str, ...] = ()
+) -> tuple[subprocess.Popen, str]:
     env = dict(os.environ, PYTHONPATH=f"{SRC}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     env.pop("PAGEDLLM_API_KEY", None)
     cmd = [
@@ -37,6 +39,7 @@ def _start_server(shutdown_timeout: float = 20) -> tuple[subprocess.Popen, str]:
         "warning",
         "--shutdown-timeout",
         str(shutdown_timeout),
+        *extra,
     ]
     proc = subprocess.Popen(
         cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -191,7 +191,7 @@ class AsyncLLMEngine:
         # Registered before the add so the first step's outputs always find the stream.
         self._streams[request_id] = stream
         self._timing[request_id] = _Timing(arrival=now)
-        self._commands.put(_Add(request_id, prompt, params, prompt_token_ids, time.time(), done))
+        self._send_add(_Add(request_id, prompt, params, prompt_token_ids, time.time(), done))
         try:
             await accepted
         except BaseException:
@@ -199,7 +199,7 @@ class AsyncLLMEngine:
             self._timing.pop(request_id, None)
             stream.finished = True
             if not accepted.done() or accepted.cancelled():
-                self._commands.put(_Abort([request_id]))
+                self._send_abort([request_id])
             raise
         if self.request_logger is not None:
             self.request_logger.received(request_id, prompt, prompt_token_ids, params)
@@ -226,12 +226,20 @@ class AsyncLLMEngine:
         if stream is not None:
             stream.close()
         else:
-            self._commands.put(_Abort([request_id]))
+            self._send_abort([request_id])
 
     def _abort_now(self, request_id: str) -> None:
         self._streams.pop(request_id, None)
         self._timing.pop(request_id, None)
-        self._commands.put(_Abort([request_id]))
+        self._send_abort([request_id])
+
+    # The way to the engine: a queue to the engine thread here; a socket to the engine-core
+    # process in ``AsyncMPEngine`` (engine/core_client.py). Both are called on the loop.
+    def _send_add(self, cmd: _Add) -> None:
+        self._commands.put(cmd)
+
+    def _send_abort(self, request_ids: list[str]) -> None:
+        self._commands.put(_Abort(request_ids))
 
     # ------------------------------------------------------------------ shutdown
     def begin_shutdown(self, grace: float) -> None:
@@ -355,6 +363,10 @@ class AsyncLLMEngine:
         except Exception:  # noqa: BLE001 - metrics must never break serving
             logger.exception("engine.stats() failed")
             return
+        self._publish_stats(stats)
+
+    def _publish_stats(self, stats: Any) -> None:
+        """Keep ``stats`` for ``stats()`` and run the hooks (stats log, dashboard)."""
         with self._stats_lock:
             self._stats = stats
         for hook in self.stats_hooks:

@@ -22,8 +22,14 @@ from pagedllm.engine.detokenizer import IncrementalDetokenizer
 from pagedllm.engine.errors import RequestFailure
 from pagedllm.engine.kv_snapshot import take_kv_snapshot
 from pagedllm.engine.outputs import RequestOutput
-from pagedllm.engine.request_group import RequestGroup, SampleState
-from pagedllm.engine.validation import check_params, resolve_max_tokens, resolve_prompt
+from pagedllm.engine.request_group import RequestGroup, SampleState, new_request_group
+from pagedllm.engine.stats import EngineStats, engine_stats
+from pagedllm.engine.validation import (
+    check_logit_bias,
+    check_params,
+    resolve_max_tokens,
+    resolve_prompt,
+)
 from pagedllm.loader import load_model_source
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.step_result import StepResult
@@ -33,35 +39,6 @@ from pagedllm.worker.executor import create_executor
 from pagedllm.worker.pending import PendingStep
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(slots=True)
-class EngineStats:
-    """A snapshot for metrics and logs."""
-
-    num_running: int
-    num_waiting: int
-    num_swapped: int
-    kv_blocks_used: int
-    kv_blocks_total: int
-    kv_usage: float  # 0 when idle: cached-but-unreferenced blocks count as free
-    prefix_cache_queries: int
-    prefix_cache_hits: int
-    num_preemptions: int
-    prompt_tokens_total: int
-    generation_tokens_total: int
-    # lower tiers of the prefix cache (core/kv_tiers.py): hits, bytes moved, occupancy
-    host_tier_hit_blocks: int = 0
-    disk_tier_hit_blocks: int = 0
-    tier_bytes_to_host: int = 0  # device -> host write-backs
-    tier_bytes_to_device: int = 0  # host -> device loads
-    disk_bytes_written: int = 0
-    disk_bytes_read: int = 0
-    host_tier_blocks: int = 0  # host pages holding cached blocks
-    host_swap_blocks: int = 0  # host pages owned by swapped-out requests
-    host_blocks_total: int = 0
-    disk_tier_blocks: int = 0
-    disk_tier_blocks_total: int = 0
 
 
 @dataclass(slots=True)
@@ -145,6 +122,7 @@ class LLMEngine:
         prompt_token_ids: list[int] | None = None,
         arrival_time: float | None = None,
         stream: bool = True,
+        detokenize: bool = True,
     ) -> None:
         """Queue a request. Bad input raises ValueError/TypeError and queues nothing.
 
@@ -152,6 +130,8 @@ class LLMEngine:
         batches: no per-step output objects, text decoded once at the end). With
         ``BeamSearchParams`` the request is a beam search (``engine/beam_search.py``): one
         output, when the search ends, with the ``beam_width`` best sequences best first.
+        With ``detokenize=False`` (the engine-core process: its front end decodes) outputs carry
+        token ids only, unless the request has stop strings, which need the text here.
         """
         if not isinstance(request_id, str) or not request_id:
             raise TypeError(f"request_id must be a non-empty string, got {request_id!r}")
@@ -184,31 +164,10 @@ class LLMEngine:
             self._group_of[first.request_id] = group
             self.prompt_tokens_total += len(ids)
             return
-        requests = [
-            Request(
-                request_id=f"{internal}.{i}",
-                prompt_token_ids=list(ids),
-                sampling_params=params,
-                eos_token_ids=self.eos_token_ids,
-                arrival_time=arrival,
-                max_tokens=max_tokens,
-                parent_id=None if i == 0 else f"{internal}.0",
-                sample_index=i,
-                group_width=params.n,
-            )
-            for i in range(params.n)
-        ]
-        group = RequestGroup(
-            request_id=request_id,
-            prompt=text,
-            prompt_token_ids=list(ids),
-            params=params,
-            samples=[self._sample_state(requests[0])],
-            unforked=requests[1:],
-            arrival_time=arrival,
-            prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
-            stream=stream,
-        )
+        group, requests = new_request_group(
+            request_id, internal, text, ids, params, max_tokens, self.eos_token_ids, arrival,
+            self._sample_state, stream=stream, detokenize=detokenize or bool(params.stop),
+        )  # fmt: skip
         # raises ValueError if it can never fit; samples 1..n-1 fork when the prompt completes
         self.scheduler.add_request(requests[0], forks=requests[1:])
         self._groups[request_id] = group
@@ -218,12 +177,7 @@ class LLMEngine:
 
     def _check_constraints(self, params: SamplingParams) -> None:
         """logit_bias ids inside the vocabulary; the grammar compiles (cached for the run)."""
-        for token_id in params.logit_bias or {}:
-            if token_id >= self.vocab_size:
-                raise ValueError(
-                    f"logit_bias token id {token_id} is outside the vocabulary "
-                    f"(size {self.vocab_size})"
-                )
+        check_logit_bias(params, self.vocab_size)
         self.runner.structured.validate(params.structured_output)
 
     def abort_request(self, request_ids: str | Iterable[str]) -> None:
@@ -378,7 +332,7 @@ class LLMEngine:
                 state.logprobs.append(entry)
                 state.delta_logprobs.append(entry)
                 state.cumulative_logprob += result.sampled_logprob.get(request.request_id, 0.0)
-            if group.detokenize_at_end:
+            if group.detokenize_at_end or not group.detokenize:
                 stop_hit = None
             else:
                 delta, stop_hit = state.detokenizer.add_tokens([token])
@@ -388,9 +342,12 @@ class LLMEngine:
                 self.scheduler.finish_requests([request.request_id], RequestStatus.FINISHED_STOPPED)
                 break
         if request.is_finished and state.finish_reason is None:
-            if group.detokenize_at_end and request.output_token_ids:
+            if group.detokenize_at_end and group.detokenize and request.output_token_ids:
                 state.delta_text += state.detokenizer.add_tokens(request.output_token_ids)[0]
-            if request.status is not RequestStatus.FINISHED_STOPPED or request.stop_reason is None:
+            stopped_by_string = request.status is RequestStatus.FINISHED_STOPPED and (
+                request.stop_reason is not None
+            )
+            if group.detokenize and not stopped_by_string:
                 state.delta_text += state.detokenizer.flush()
             self._close_sample(state)
 
@@ -478,19 +435,5 @@ class LLMEngine:
         return take_kv_snapshot(self.scheduler)
 
     def stats(self) -> EngineStats:
-        kv = self.scheduler.kv_manager
-        total = kv.num_blocks
-        return EngineStats(
-            num_running=self.scheduler.num_running,
-            num_waiting=self.scheduler.num_waiting,
-            num_swapped=self.scheduler.num_swapped,
-            kv_blocks_used=total - kv.num_free_blocks,
-            kv_blocks_total=total,
-            kv_usage=kv.usage(),
-            prefix_cache_queries=kv.prefix_cache_queries,
-            prefix_cache_hits=kv.prefix_cache_hits,
-            num_preemptions=self.scheduler.num_preemptions,
-            prompt_tokens_total=self.prompt_tokens_total,
-            generation_tokens_total=self.generation_tokens_total,
-            **kv.tiers.counters(self.runner.kv_spec.bytes_per_block),
-        )
+        """Counters and gauges for metrics and logs (``engine/stats.py``)."""
+        return engine_stats(self)

@@ -65,6 +65,7 @@ class RequestGroup:
     error: str | None = None
     changed: bool = False
     stream: bool = True  # False: only the final output is emitted (offline batches)
+    detokenize: bool = True  # False: ids only, the front end decodes (engine-core process)
 
     @property
     def detokenize_at_end(self) -> bool:
@@ -130,3 +131,47 @@ class RequestGroup:
             metrics=self.metrics(),
             error=self.error,
         )
+
+
+def new_request_group(
+    request_id: str,
+    internal_id: str,
+    text: str | None,
+    ids: list[int],
+    params: SamplingParams,
+    max_tokens: int,
+    eos_token_ids: frozenset[int],
+    arrival: float,
+    make_state: Callable[[Request], SampleState],
+    stream: bool = True,
+    detokenize: bool = True,
+) -> tuple[RequestGroup, list[Request]]:
+    """A user request's group and its ``n`` scheduler requests (sample 0 first; the others
+    fork from it when its prompt completes)."""
+    requests = [
+        Request(
+            request_id=f"{internal_id}.{i}",
+            prompt_token_ids=list(ids),
+            sampling_params=params,
+            eos_token_ids=eos_token_ids,
+            arrival_time=arrival,
+            max_tokens=max_tokens,
+            parent_id=None if i == 0 else f"{internal_id}.0",
+            sample_index=i,
+            group_width=params.n,
+        )
+        for i in range(params.n)
+    ]
+    group = RequestGroup(
+        request_id=request_id,
+        prompt=text,
+        prompt_token_ids=list(ids),
+        params=params,
+        samples=[make_state(requests[0])],
+        unforked=requests[1:],
+        arrival_time=arrival,
+        prompt_logprobs=[None] if params.prompt_logprobs is not None else None,
+        stream=stream,
+        detokenize=detokenize,
+    )
+    return group, requests

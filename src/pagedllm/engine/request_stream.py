@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import TYPE_CHECKING
 
@@ -11,6 +12,8 @@ from pagedllm.engine.outputs import RequestOutput
 
 if TYPE_CHECKING:
     from pagedllm.engine.async_engine import AsyncLLMEngine
+
+logger = logging.getLogger("pagedllm.server")
 
 
 class RequestStream:
@@ -29,6 +32,7 @@ class RequestStream:
         self.deadline = deadline  # time.monotonic() after which the request is aborted
         self._engine = engine
         self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._logged = False
 
     def _put(self, item: RequestOutput | BaseException) -> None:
         self._queue.put_nowait(item)
@@ -41,20 +45,32 @@ class RequestStream:
             raise StopAsyncIteration
         try:
             item = await self._next_item()
-        except BaseException:
-            self.close()  # cancelled while waiting (the client is gone) or past the deadline
+        except BaseException as exc:
+            # cancelled while waiting (the client is gone) or past the deadline
+            why = "the client went away" if isinstance(exc, asyncio.CancelledError) else exc
+            self._log_cut(why)
+            self.close()
             raise
         if isinstance(item, BaseException):
             self.finished = True
             self._engine._streams.pop(self.request_id, None)
+            self._log_cut(item)
             raise item
         if item.finished:
             self.finished = True
             self._engine._streams.pop(self.request_id, None)
             if item.error is not None or any(c.finish_reason == "error" for c in item.outputs):
                 # The engine failed this request's step: surface it as an exception.
-                raise EngineStepError(item.error or "the engine failed this request")
+                error = EngineStepError(item.error or "the engine failed this request")
+                self._log_cut(error)
+                raise error
         return item
+
+    def _log_cut(self, why: object) -> None:
+        """Every stream that ends without its last output says so, once: which and why."""
+        if not self._logged:
+            self._logged = True
+            logger.warning("request %s cut before it finished: %s", self.request_id, why)
 
     async def _next_item(self) -> RequestOutput | BaseException:
         if self.deadline is None:
@@ -73,5 +89,6 @@ class RequestStream:
     def close(self) -> None:
         """Stop listening; aborts the request in the engine if it has not finished."""
         if not self.finished:
+            self._log_cut("the response was closed (client disconnect or a failed write)")
             self.finished = True
             self._engine._abort_now(self.request_id)

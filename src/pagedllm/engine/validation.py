@@ -13,6 +13,15 @@ def check_params(params: SamplingParams, max_n: int) -> None:
         raise ValueError(f"n must be <= {max_n} (the server's max_n), got {params.n}")
 
 
+def check_logit_bias(params: SamplingParams, vocab_size: int) -> None:
+    """Every ``logit_bias`` token id inside the vocabulary."""
+    for token_id in params.logit_bias or {}:
+        if token_id >= vocab_size:
+            raise ValueError(
+                f"logit_bias token id {token_id} is outside the vocabulary (size {vocab_size})"
+            )
+
+
 def resolve_prompt(
     prompt: str | list[int] | None,
     prompt_token_ids: list[int] | None,

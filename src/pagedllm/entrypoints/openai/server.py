@@ -232,6 +232,14 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "can forge turns); by default it is plain text",
     )
     parser.add_argument(
+        "--engine-process",
+        default="auto",
+        choices=["auto", "on", "off"],
+        help="run the engine core in its own process, the HTTP front end in this one (on), or "
+        "both in one process (off); auto: on for a CUDA device, off on CPU (measured: "
+        "docs/architecture.md)",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -253,7 +261,8 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 
 def run_server(args: argparse.Namespace) -> int:
-    """Load the model, serve until SIGTERM/SIGINT, drain, and return the exit code (0)."""
+    """Load the model, serve until SIGTERM/SIGINT, drain, and return the exit code (0; 1 when
+    the engine-core process died)."""
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -264,11 +273,19 @@ def run_server(args: argparse.Namespace) -> int:
         return 2
     api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
     start = time.perf_counter()
-    async_engine = AsyncLLMEngine.from_config(
-        config,
-        max_waiting_requests=args.max_waiting_requests or None,
-        request_timeout=args.request_timeout,
-    )
+    limits = {
+        "max_waiting_requests": args.max_waiting_requests or None,
+        "request_timeout": args.request_timeout,
+    }
+    separate = use_engine_process(args.engine_process, config)
+    if separate:
+        from pagedllm.engine.core_client import AsyncMPEngine
+
+        async_engine: AsyncLLMEngine = AsyncMPEngine.from_config(
+            config, log_level=args.log_level, **limits
+        )
+    else:
+        async_engine = AsyncLLMEngine.from_config(config, **limits)
     attach_loggers(async_engine, args)
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(
@@ -294,14 +311,44 @@ def run_server(args: argparse.Namespace) -> int:
     # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
     # default handler would kill us with -15; a graceful drain is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda *_: None)
-    log_startup_summary(async_engine.engine, time.perf_counter() - start)
+    exit_code = 0
+
+    def core_died(message: str) -> None:
+        # no in-place restart: exit non-zero so the supervisor (systemd, k8s) restarts us whole
+        nonlocal exit_code
+        exit_code = 1
+        logger.error("%s: the server exits (status 1)", message)
+        server.should_exit = True
+
+    if separate:
+        async_engine.on_core_death.append(core_died)
+        for line in async_engine.engine.summary.lines():
+            logging.getLogger("pagedllm.entrypoints.startup").info("%s", line)
+    else:
+        log_startup_summary(async_engine.engine, time.perf_counter() - start)
     print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}", flush=True)
     print(f"pagedllm: live KV page dashboard at http://{host}:{port}/dashboard", flush=True)
     try:
         server.run(sockets=[sock])
     finally:
         async_engine.shutdown()
-    return 0
+    return exit_code
+
+
+def use_engine_process(choice: str, config: Any) -> bool:
+    """``--engine-process``: auto means on for a CUDA device, off on CPU.
+
+    On CPU the bundled model's forward takes the cores the front end would need, and a second
+    interpreter only adds a hop: measured no faster at 1 and 32 streams (docs/architecture.md).
+    """
+    if choice != "auto":
+        return choice == "on"
+    device = str(config.model.device)
+    if device == "auto":
+        import torch
+
+        return bool(torch.cuda.is_available())
+    return device.startswith("cuda")
 
 
 class _DrainingServer(uvicorn.Server):
