@@ -29,8 +29,9 @@ class ScheduledRequest:
     # samples 1..n-1 of an n > 1 request, forked off this row when its prompt completes: each
     # samples its first token from this row's logits (a row of its own in the step's tokens)
     fork_ids: list[str] = field(default_factory=list)
-    # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group
-    group_block_tables: list[list[int]] | None = None
+    # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group.
+    # Snapshots (``GroupTable.ids()``): the same tuple object while a table does not change
+    group_block_tables: list[tuple[int, ...]] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -25,7 +25,7 @@ from pagedllm.worker import kv_sizing, warmup
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec, kv_cache_layout
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
-from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
+from pagedllm.worker.input_batch import GroupTableRows, ModelInputs, prepare_inputs
 from pagedllm.worker.multi_step import advance_decode_inputs, inputs_from_prev
 from pagedllm.worker.pending import PendingStep
 from pagedllm.worker.row_sampling import RowSampler
@@ -72,6 +72,7 @@ class ModelRunner:
         )
         self.cache: CacheEngine | None = None
         self.graphs: CudaGraphRunner | None = None
+        self.group_rows = GroupTableRows()  # hybrid models' table rows, kept between steps
 
     # ----------------------------------------------------------------- set-up
     def _weights(self, source: ModelSource):  # noqa: ANN202 - an iterator of (name, tensor)
@@ -137,7 +138,7 @@ class ModelRunner:
         pending = PendingStep()
         if not plan.scheduled:
             return pending
-        inputs = prepare_inputs(plan, self.block_size, self.device)
+        inputs = prepare_inputs(plan, self.block_size, self.device, self.group_rows)
         if plan.scheduled[0].prev_row is not None:
             prev_ids = None if prev is None else prev.last_token_ids
             prev_rows = 0 if prev is None else len(prev.row_ids)
