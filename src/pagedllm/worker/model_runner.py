@@ -112,7 +112,7 @@ class ModelRunner:
             sched = self.config.scheduler
             self.graphs = warmup.capture_graphs(
                 self.model, self.backend, self.cache, sched.max_num_seqs, sched.max_model_len,
-                self.block_size,
+                self.block_size, self.layer_group, self.kv_layout.num_groups,
             )  # fmt: skip
 
     def measure_swap_bandwidth(self) -> float:
@@ -156,11 +156,12 @@ class ModelRunner:
         meta = inputs.metadata
         if (
             self.graphs is not None
-            and inputs.group_metadata is None  # hybrid KV groups run eagerly (no graphs yet)
             and meta.num_decodes == meta.num_seqs
             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)
         ):
-            return self.graphs.run(inputs.input_ids, inputs.positions, meta)
+            return self.graphs.run(
+                inputs.input_ids, inputs.positions, meta, inputs.group_metadata
+            )
         context = ForwardContext(
             meta, self.cache.kv_caches, self.backend, inputs.group_metadata, self.layer_group
         )

@@ -56,8 +56,11 @@ def capture_graphs(
     max_num_seqs: int,
     max_model_len: int,
     block_size: int,
+    layer_group: list[int] | None = None,
+    num_groups: int = 1,
 ) -> CudaGraphRunner:
-    """Captured decode forwards per padded batch size."""
+    """Captured decode forwards per padded batch size (per KV cache group tables for hybrid
+    models: ``layer_group`` maps each layer to its group)."""
     graphs = CudaGraphRunner(
         model,
         backend,
@@ -66,6 +69,8 @@ def capture_graphs(
         max_model_len=max_model_len,
         block_size=block_size,
         device=cache.device,
+        layer_group=layer_group,
+        num_groups=num_groups,
     )
     graphs.capture()
     return graphs
