@@ -7,6 +7,7 @@ then runs the forward over ``scheduled`` (decodes first).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pagedllm.core.request import Request
@@ -19,7 +20,8 @@ class ScheduledRequest:
     request_id: str
     token_ids: list[int]  # the tokens computed this step (len = num_new_tokens)
     start_position: int  # == request.num_computed_tokens before this step
-    block_table: list[int]  # the request's whole block table after allocation
+    # the request's whole block table after allocation (group 0's snapshot tuple for hybrid)
+    block_table: Sequence[int]
     sample: bool  # True when this step reaches the end of the known tokens
     prompt_logprobs: bool = False  # the request wants logprobs of its prompt tokens
     num_lookahead: int = 0  # multi-step: slots allocated for this many tokens not sampled yet
