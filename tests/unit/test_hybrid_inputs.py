@@ -113,7 +113,9 @@ def test_rows_cache_keeps_only_the_step_requests():
     assert np.array_equal(first[:, 1, :1], np.array([[7], [8]]))
     rows.tables(_Plan([_S("a", a)]))
     assert set(rows._rows) == {"a"}
-    # an equal but new snapshot is converted again (identity, not equality, marks reuse)
-    fresh = (tuple(a[0]), (0, 5, 9))
-    out = rows.tables(_Plan([_S("a", fresh)]))
-    assert out[1, 0].tolist() == [0, 5, 9]
+    kept = rows._rows["a"][1]
+    # an equal snapshot reuses the row; a changed one is converted again
+    rows.tables(_Plan([_S("a", (tuple(a[0]), tuple(a[1])))]))
+    assert rows._rows["a"][1] is kept
+    out = rows.tables(_Plan([_S("a", (a[0], (0, 5, 9)))]))
+    assert out[1, 0].tolist() == [0, 5, 9] and out[0, 0].tolist() == [1, 2, 3]
