@@ -276,7 +276,27 @@ def main() -> None:
         run_section(name, out, globals()[name], args)
     print("\n===== summary =====")
     for name in args.sections:
-        print(name, json.dumps(RESULTS.get(name), default=str)[:1500])
+        if name != "throughput":
+            print(name, json.dumps(RESULTS.get(name), default=str)[:1500])
+    _print_throughput(RESULTS.get("throughput") or {})
+
+
+def _print_throughput(result: dict) -> None:
+    """One line per throughput variant: rate, then the per-step breakdown."""
+    cols = ("plans", "pure_decode_plans", "mean_rows", "prefill_tokens_per_mixed_plan",
+            "preemptions", "host_schedule_ms_per_plan", "host_launch_ms_per_plan",
+            "graph_replays")  # fmt: skip
+    print("variant       tok/s   elapsed  " + "  ".join(cols))
+    for variant in VARIANTS:
+        row = result.get(variant)
+        if not isinstance(row, dict):
+            continue
+        steps = row.get("steps", {})
+        print(f"{variant:<12} {row['output_tok_s']:>7.0f} {row['elapsed_s']:>8.1f}  "
+              + "  ".join(str(steps.get(c)) for c in cols))  # fmt: skip
+    for key in ("speedup_graphs", "speedup_eager", "error"):
+        if key in result:
+            print(key, result[key])
 
 
 if __name__ == "__main__":
