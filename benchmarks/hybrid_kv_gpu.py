@@ -42,9 +42,10 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from step_stats import StepStats  # noqa: E402
+
 from pagedllm import LLM, SamplingParams  # noqa: E402
 from pagedllm.benchmark.workloads import Workload, preset_path  # noqa: E402
-from step_stats import StepStats  # noqa: E402
 
 RESULTS: dict = {}
 

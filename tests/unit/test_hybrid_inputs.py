@@ -44,8 +44,7 @@ def test_snapshots_are_reused_until_a_table_changes():
         sched.update_from_output(out, runner.execute(out, sched))
     # a decode step that stays inside its blocks hands out the very same objects
     same = [
-        all(a is b for a, b in zip(x, y, strict=True))
-        for x, y in zip(seen, seen[1:], strict=False)
+        all(a is b for a, b in zip(x, y, strict=True)) for x, y in zip(seen, seen[1:], strict=False)
     ]
     assert any(same) and not all(same)
     for x, y, s in zip(seen, seen[1:], same, strict=False):

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 

@@ -157,8 +157,11 @@ def gguf_hf_config(meta: dict[str, Any], tensor_names: set[str]) -> dict[str, An
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
         # Quantized files dequantize to float32; unquantized ones keep their dtype.
         "torch_dtype": _FILE_TYPE_DTYPES.get(meta.get("general.file_type", -1), "float32"),
-        **(_gemma_config(get, arch, int(head_dim) if head_dim else hidden // heads)
-           if arch in _GEMMA else {}),
+        **(
+            _gemma_config(get, arch, int(head_dim) if head_dim else hidden // heads)
+            if arch in _GEMMA
+            else {}
+        ),
     }
 
 

@@ -159,9 +159,7 @@ class ModelRunner:
             and meta.num_decodes == meta.num_seqs
             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)
         ):
-            return self.graphs.run(
-                inputs.input_ids, inputs.positions, meta, inputs.group_metadata
-            )
+            return self.graphs.run(inputs.input_ids, inputs.positions, meta, inputs.group_metadata)
         context = ForwardContext(
             meta, self.cache.kv_caches, self.backend, inputs.group_metadata, self.layer_group
         )
