@@ -6,16 +6,22 @@
 Sections (each in try/except; JSON written to ``$OUT/hybrid_kv_gpu.json`` after each):
 
 - ``greedy``: tiny random Gemma 2 (soft-capping) and Gemma 3 models built by transformers,
-  float32, prompts 4-10x the window, freeing on: pagedllm on the device (Triton kernels) and
-  on the CPU (torch path) vs transformers eager on the device, token for token.
+  float32, prompts 4-10x the window, freeing on: pagedllm on the device (Triton kernels) with
+  CUDA graphs and eagerly, and on the CPU (torch path), vs transformers eager on the device,
+  token for token (``graph_replays`` shows the graphs really ran).
 - ``capacity``: Gemma-3-1B-shaped config (dummy bf16 weights), requests of ``--ctx`` tokens
   (32k) added one at a time, each decoding on, until the next cannot finish its prefill
-  without a preemption: how many are resident at once with freeing vs every page kept
+  without a preemption: how many are resident at once with freeing vs every page kept, in a
+  pool of ``--capacity-kv-gib`` (8 GiB keeps the run short; the ratio is the layout's)
   (acceptance: >= 3x).
 - ``throughput``: the same config, ``--num-requests`` (256) x ``--prompt-len`` (8k) random
-  prompts x ``--output-len`` (512) outputs, ignore_eos, freeing on vs off: output tok/s,
-  wall time, preemptions; next to the decode floor (weights + live KV bytes per step at the
-  measured copy bandwidth) for the batch the pool holds.
+  prompts x ``--output-len`` (512) outputs, ignore_eos, for each of ``--variants`` (freeing
+  on/off, CUDA graphs on/off): output tok/s, wall time, and a per-step breakdown
+  (``benchmarks/step_stats.py``: plans, mean rows, prefill tokens per mixed plan,
+  preemptions, host ms per plan, graph replays); next to the decode floor (weights + live KV
+  bytes per step at the measured copy bandwidth) for the batch the pool holds.
+
+Takes about 5 minutes on an H200.
 """
 
 from __future__ import annotations
@@ -34,6 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from step_stats import StepStats  # noqa: E402
 
 from pagedllm import LLM, SamplingParams  # noqa: E402
 from pagedllm.benchmark.workloads import Workload, preset_path  # noqa: E402
@@ -68,13 +77,19 @@ def greedy(args) -> dict:
             want = [hf_greedy(hf, p, 16) for p in ps]
             params = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
             row = {}
-            for dev in dict.fromkeys([device, "cpu"]):
+            runs = [("cuda-graphs", device, False), ("cuda-eager", device, True)]
+            if device == "cpu":
+                runs = []
+            for label, dev, eager in [*runs, ("cpu", "cpu", True)]:
                 llm = LLM(model=tmp, dtype="float32", device=dev, block_size=16,
-                          num_gpu_blocks=256, max_num_batched_tokens=48)  # fmt: skip
+                          num_gpu_blocks=256, max_num_batched_tokens=48, max_num_seqs=8,
+                          max_model_len=256, enforce_eager=eager)  # fmt: skip
+                stats = StepStats.attach(llm.engine)
                 got = [o.outputs[0].token_ids for o in llm.generate(ps, params, use_tqdm=False)]
-                row[dev] = {
+                row[label] = {
                     "equal": got == want,
                     "groups": llm.engine.scheduler.kv_manager.num_groups,
+                    "graph_replays": stats.graph_replays,
                     "first_diff": [_first_diff(g, w) for g, w in zip(got, want, strict=True)],
                 }
                 llm.close()
@@ -86,7 +101,7 @@ def _first_diff(a: list[int], b: list[int]) -> int | None:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), None)
 
 
-def _engine(args, freeing: bool, max_len: int) -> LLM:
+def _engine(args, freeing: bool, max_len: int, graphs: bool = False, kv_bytes: int = 0) -> LLM:
     return LLM(
         model=args.preset,
         load_format="dummy",
@@ -96,11 +111,9 @@ def _engine(args, freeing: bool, max_len: int) -> LLM:
         max_num_seqs=args.max_num_seqs,
         max_num_batched_tokens=args.chunk,
         disable_hybrid_kv_cache=not freeing,
-        kv_cache_memory=args.kv_bytes,
+        kv_cache_memory=kv_bytes or args.kv_bytes,
         enable_prefix_caching=False,
-        # hybrid KV groups run eagerly (no CUDA graphs yet): both variants do, by default,
-        # so the comparison isolates the memory effect
-        enforce_eager=not args.graphs,
+        enforce_eager=not graphs,
     )
 
 
@@ -109,7 +122,8 @@ def capacity(args) -> dict:
     out = {}
     for freeing in (True, False):
         # long outputs so the first requests still decode when the last are added
-        llm = _engine(args, freeing, args.ctx + args.capacity_out + 16)
+        llm = _engine(args, freeing, args.ctx + args.capacity_out + 16,
+                      kv_bytes=int(args.capacity_kv_gib * (1 << 30)))  # fmt: skip
         engine = llm.engine
         sched = engine.scheduler
         rng = random.Random(0)
@@ -184,12 +198,15 @@ def throughput(args) -> dict:
     work = Workload("hybrid-8k", prompts, [args.output_len] * args.num_requests)
     bandwidth = copy_bandwidth()
     out: dict = {"copy_bandwidth_GBps": round(bandwidth / 1e9, 1)}
-    for freeing in (True, False):
-        from pagedllm.benchmark.throughput import run_workload
+    from pagedllm.benchmark.throughput import run_workload
 
-        llm = _engine(args, freeing, args.prompt_len + args.output_len + 16)
+    for variant in args.variants:
+        freeing, graphs = VARIANTS[variant]
+        llm = _engine(args, freeing, args.prompt_len + args.output_len + 16, graphs=graphs)
         engine = llm.engine
+        stats = StepStats.attach(engine)
         result = run_workload(engine, work, temperature=0.0).as_dict()
+        result["steps"] = stats.summary()
         kv = engine.scheduler.kv_manager
         ctx = args.prompt_len + args.output_len // 2
         need = kv.max_blocks_needed(ctx, 1)  # a request's blocks mid-decode
@@ -199,12 +216,26 @@ def throughput(args) -> dict:
         if bandwidth:
             result["floor_decode_tok_s"] = round(batch * bandwidth / (weights + kv_bytes))
         result.update(resident_batch=batch, pool_blocks=kv.num_blocks, groups=kv.num_groups)
-        out["freeing" if freeing else "keep"] = result
+        out[variant] = result
+        print(variant, json.dumps(result, default=str), flush=True)
         llm.close()
-        del llm
+        del llm, engine
         _free_device()
-    out["speedup"] = out["freeing"]["output_tok_s"] / out["keep"]["output_tok_s"]
+    tok_s = {v: out[v]["output_tok_s"] for v in args.variants}
+    if "free-graphs" in tok_s and "keep-graphs" in tok_s:
+        out["speedup_graphs"] = tok_s["free-graphs"] / tok_s["keep-graphs"]
+    if "free-eager" in tok_s and "keep-eager" in tok_s:
+        out["speedup_eager"] = tok_s["free-eager"] / tok_s["keep-eager"]
     return out
+
+
+# variant -> (free pages outside the window, CUDA graphs)
+VARIANTS = {
+    "free-graphs": (True, True),
+    "keep-graphs": (False, True),
+    "free-eager": (True, False),
+    "keep-eager": (False, False),
+}
 
 
 def main() -> None:
@@ -219,14 +250,17 @@ def main() -> None:
     parser.add_argument("--block-size", type=int, default=16)
     parser.add_argument("--chunk", type=int, default=8192, help="max_num_batched_tokens")
     parser.add_argument("--max-num-seqs", type=int, default=256)
-    parser.add_argument("--kv-gib", type=float, default=40.0, help="KV pool (GiB)")
-    parser.add_argument("--graphs", action="store_true", help="CUDA graphs where possible")
+    parser.add_argument("--kv-gib", type=float, default=40.0, help="KV pool (GiB), throughput")
+    parser.add_argument("--capacity-kv-gib", type=float, default=8.0, help="KV pool, capacity")
+    parser.add_argument("--variants", nargs="+", default=["free-graphs", "keep-graphs",
+                        "free-eager"], choices=list(VARIANTS), help="throughput runs")  # fmt: skip
     parser.add_argument("--sections", nargs="+", default=["greedy", "capacity", "throughput"])
     args = parser.parse_args()
     if args.smoke:
         args.ctx, args.num_requests, args.prompt_len, args.output_len = 1024, 4, 600, 8
         args.capacity_out = 64
         args.chunk, args.max_num_seqs, args.kv_gib = 512, 16, 0.01
+        args.capacity_kv_gib = 0.01
     args.kv_bytes = int(args.kv_gib * (1 << 30))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -243,7 +277,27 @@ def main() -> None:
         run_section(name, out, globals()[name], args)
     print("\n===== summary =====")
     for name in args.sections:
-        print(name, json.dumps(RESULTS.get(name), default=str)[:600])
+        if name != "throughput":
+            print(name, json.dumps(RESULTS.get(name), default=str)[:1500])
+    _print_throughput(RESULTS.get("throughput") or {})
+
+
+def _print_throughput(result: dict) -> None:
+    """One line per throughput variant: rate, then the per-step breakdown."""
+    cols = ("plans", "pure_decode_plans", "mean_rows", "prefill_tokens_per_mixed_plan",
+            "preemptions", "host_schedule_ms_per_plan", "host_launch_ms_per_plan",
+            "graph_replays")  # fmt: skip
+    print("variant       tok/s   elapsed  " + "  ".join(cols))
+    for variant in VARIANTS:
+        row = result.get(variant)
+        if not isinstance(row, dict):
+            continue
+        steps = row.get("steps", {})
+        print(f"{variant:<12} {row['output_tok_s']:>7.0f} {row['elapsed_s']:>8.1f}  "
+              + "  ".join(str(steps.get(c)) for c in cols))  # fmt: skip
+    for key in ("speedup_graphs", "speedup_eager", "error"):
+        if key in result:
+            print(key, result[key])
 
 
 if __name__ == "__main__":

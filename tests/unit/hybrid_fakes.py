@@ -99,5 +99,7 @@ class HybridFakeRunner(FakeRunner):
             for table in group.tables.values():
                 ids = table.block_ids
                 assert all(i == null_id for i in ids[: table.num_null])
+                # the snapshot the scheduler hands out is never stale
+                assert table.ids() == tuple(ids), "a table changed without changed()"
                 for block in table.live:
                     assert block.ref_cnt > 0, f"freed block {block.block_id} still in a table"

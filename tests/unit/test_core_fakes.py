@@ -246,7 +246,7 @@ def check_continuation(sched: Scheduler, prev: SchedulerOutput, out: SchedulerOu
             b if a != getattr(null, "block_id", None) else a
             for a, b in zip(s.block_table, before.block_table, strict=False)
         ]
-        assert s.block_table[: len(before.block_table)] == kept
+        assert list(s.block_table[: len(before.block_table)]) == kept
     assert not sched.waiting and not sched.swapped
     check_pool(sched.kv_manager)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 
 import torch
 
@@ -47,8 +48,15 @@ class AttentionBackend(ABC):
         never reads a page before that (its table slot may hold the null block). With
         ``softcap`` the scores are ``softcap * tanh(score / softcap)``."""
 
-    def warm_up(self, kv_cache: torch.Tensor, num_heads: int, dtype: torch.dtype) -> None:  # noqa: B027 - optional hook, a no-op by default
+    def warm_up(  # noqa: B027 - optional hook, a no-op by default
+        self,
+        kv_cache: torch.Tensor,
+        num_heads: int,
+        dtype: torch.dtype,
+        variants: Sequence[tuple[bool, float | None]] = ((False, None), (True, None)),
+    ) -> None:
         """Compile whatever this backend would otherwise compile while serving (default: none).
 
-        ``kv_cache`` is one layer's pages (only read); ``num_heads`` the query heads per rank.
+        ``kv_cache`` is one layer's pages (only read); ``num_heads`` the query heads per rank;
+        ``variants`` the model's attention kinds as (has a sliding window, soft-cap or None).
         """

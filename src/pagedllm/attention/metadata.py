@@ -114,34 +114,61 @@ def build_metadata(
     if not (len(query_lens) == len(seq_lens) == len(block_tables)):
         raise ValueError("query_lens, seq_lens and block_tables must have one entry per sequence")
     num_seqs = len(query_lens)
-    num_decodes = 0
-    while num_decodes < num_seqs and query_lens[num_decodes] == 1:
-        num_decodes += 1
     # numpy, not Python loops: with 256 sequences of ~100 blocks this runs every step and was
     # the largest host cost of a GPU decode step (2.8 ms as nested lists -> torch.tensor).
-    q = np.asarray(query_lens, dtype=np.int64)
-    s = np.asarray(seq_lens, dtype=np.int64)
     max_blocks = max((len(t) for t in block_tables), default=0)
     tables = np.zeros((num_seqs, max_blocks), dtype=np.int32)
     for i, table in enumerate(block_tables):
         tables[i, : len(table)] = table
+    return build_group_metadata(query_lens, seq_lens, tables[None], block_size, device)[0]
+
+
+def build_group_metadata(
+    query_lens: list[int],
+    seq_lens: list[int],
+    tables: np.ndarray,
+    block_size: int,
+    device: torch.device | str = "cpu",
+) -> list[AttentionMetadata]:
+    """Metadata of one flat batch for each of ``G`` KV cache groups (hybrid KV cache).
+
+    ``tables`` is ``[G, num_seqs, max_blocks]`` int32 (group ``g``'s block tables, padded with
+    0). The groups share the rows and lengths (``seq_lens``, ``query_start_loc`` are one
+    device tensor each); only the tables and the slots differ. Each goes to the device in one
+    copy for all groups.
+    """
+    num_seqs = len(query_lens)
+    if tables.ndim != 3 or tables.shape[1] != num_seqs or len(seq_lens) != num_seqs:
+        raise ValueError("tables must be [groups, num_seqs, max_blocks], one row per sequence")
+    num_decodes = 0
+    while num_decodes < num_seqs and query_lens[num_decodes] == 1:
+        num_decodes += 1
+    q = np.asarray(query_lens, dtype=np.int64)
+    s = np.asarray(seq_lens, dtype=np.int64)
     query_start = np.zeros(num_seqs + 1, dtype=np.int64)
     np.cumsum(q, out=query_start[1:])
     total = int(query_start[-1])
     seq_idx = np.repeat(np.arange(num_seqs), q)
     positions = np.arange(total) - query_start[:-1][seq_idx] + (s - q)[seq_idx]
-    slots = tables[seq_idx, positions // block_size].astype(np.int64) * block_size
+    slots = tables[:, seq_idx, positions // block_size].astype(np.int64) * block_size
     slots += positions % block_size
-    return AttentionMetadata(
-        slot_mapping=to_device(slots, torch.int64, device),
-        block_tables=to_device(tables, torch.int32, device),
-        seq_lens=to_device(s, torch.int32, device),
-        query_start_loc=to_device(query_start, torch.int32, device),
-        max_query_len=max(query_lens, default=0),
-        max_seq_len=max(seq_lens, default=0),
-        num_decodes=num_decodes,
-        num_decode_tokens=num_decodes,
-        block_size=block_size,
-        seq_lens_cpu=list(seq_lens),
-        query_lens_cpu=list(query_lens),
-    )
+    slots_dev = to_device(slots, torch.int64, device)
+    tables_dev = to_device(tables, torch.int32, device)
+    seq_lens_dev = to_device(s, torch.int32, device)
+    query_start_dev = to_device(query_start, torch.int32, device)
+    return [
+        AttentionMetadata(
+            slot_mapping=slots_dev[g],
+            block_tables=tables_dev[g],
+            seq_lens=seq_lens_dev,
+            query_start_loc=query_start_dev,
+            max_query_len=max(query_lens, default=0),
+            max_seq_len=max(seq_lens, default=0),
+            num_decodes=num_decodes,
+            num_decode_tokens=num_decodes,
+            block_size=block_size,
+            seq_lens_cpu=list(seq_lens),
+            query_lens_cpu=list(query_lens),
+        )
+        for g in range(tables.shape[0])
+    ]

@@ -10,6 +10,8 @@ captured graph.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from pagedllm.attention.backend import AttentionBackend
@@ -79,8 +81,16 @@ class TritonAttentionBackend(AttentionBackend):
             num_decodes, num_kv_heads, max_seq_len, self._sm_count(device), self.max_splits
         )
 
-    def warm_up(self, kv_cache: torch.Tensor, num_heads: int, dtype: torch.dtype) -> None:
-        """Compile the decode kernels for every split count the heuristic can pick.
+    def warm_up(
+        self,
+        kv_cache: torch.Tensor,
+        num_heads: int,
+        dtype: torch.dtype,
+        variants: Sequence[tuple[bool, float | None]] = ((False, None), (True, None)),
+    ) -> None:
+        """Compile the decode kernels for every split count the heuristic can pick, for each
+        of the model's attention ``variants`` (has a window, soft-cap): each pair is a
+        separate compiled kernel (Gemma 2's soft-capped layers included).
 
         Mixed batches run eagerly with a split count that follows their number of decode rows,
         so without this the first such batches would each wait for a compile. Reads block 0
@@ -97,11 +107,12 @@ class TritonAttentionBackend(AttentionBackend):
         seq_lens = torch.full((1,), block_size, dtype=torch.int32, device=device)
         # an fp8 cache is read with its layer's scales: the variant with a scale pointer
         kv_scale = default_kv_scale(device) if is_fp8(kv_cache.dtype) else None
-        for windowed in (None, block_size):  # sliding-window layers are a variant too
+        for windowed, softcap in dict.fromkeys(variants):
             for n in splits:
                 paged_decode_attention(
                     query, kv_cache, tables, seq_lens, 1.0, num_splits=n,
-                    sliding_window=windowed, kv_scale=kv_scale,
+                    sliding_window=block_size if windowed else None, softcap=softcap,
+                    kv_scale=kv_scale,
                 )  # fmt: skip
 
     def _sm_count(self, device: torch.device) -> int:

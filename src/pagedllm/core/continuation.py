@@ -82,16 +82,17 @@ def plan_continuation(
             # lookahead slots their requests will use, and pending copies go with the next step
             return None
         start = req.num_computed_tokens + k_prev
+        groups = kv.group_block_tables(req.request_id)
         out.scheduled.append(
             ScheduledRequest(
                 req.request_id,
                 [0],  # placeholder: the device reads prev's sampled token of row `prev_row`
                 start,
-                kv.get_block_table(req.request_id),
+                groups[0] if groups else kv.get_block_table(req.request_id),
                 sample=True,
                 num_lookahead=k - 1,
                 prev_row=row,
-                group_block_tables=kv.group_block_tables(req.request_id),
+                group_block_tables=groups,
             )
         )
         out.requests[req.request_id] = req

@@ -149,9 +149,12 @@ class KVCacheManager(KVSwapMixin):
             out.append([] if table is None else list(table.block_ids))
         return out
 
-    def group_block_tables(self, request_id: str) -> list[list[int]] | None:
-        """Every group's table (``get_block_tables``), or None when there is one group."""
-        return None if len(self.groups) == 1 else self.get_block_tables(request_id)
+    def group_block_tables(self, request_id: str) -> list[tuple[int, ...]] | None:
+        """Every group's block ids as a snapshot tuple (the same object while the table does
+        not change, so the runner can reuse its conversion), or None with one group."""
+        if len(self.groups) == 1:
+            return None
+        return [mgr.tables[request_id].ids() for mgr in self.groups]
 
     def num_blocks_of(self, request_id: str) -> int:
         """How many live device blocks the request holds, over all groups."""
@@ -322,6 +325,7 @@ class KVCacheManager(KVSwapMixin):
         self.pool.free_blocks([src])
         table.blocks[index] = dst
         table.block_ids[index] = dst.block_id
+        table.changed()
         self._blocks_to_copy.append((src.block_id, dst.block_id))
 
     def _cache_full_blocks(self, request: Request, num_full: int) -> None:

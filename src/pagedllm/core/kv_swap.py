@@ -86,6 +86,7 @@ class KVSwapMixin:
             self.pool.free_blocks(reversed(live))
             del table.blocks[table.num_null :]
             del table.block_ids[table.num_null :]
+            table.changed()
             table.cpu_block_ids = cpu
         return pairs
 
@@ -106,6 +107,7 @@ class KVSwapMixin:
             table.cpu_block_ids = []
             table.blocks.extend(new)
             table.block_ids.extend(b.block_id for b in new)
+            table.changed()
             if self._uses_cache(request):
                 table.num_cached = table.num_null
                 num_full = min(len(hashes), len(table.blocks))

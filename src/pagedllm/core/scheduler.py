@@ -413,14 +413,16 @@ class Scheduler(SequenceGroups):
         """Record that ``req`` computes its next ``n`` tokens this step (slots allocated)."""
         start = req.num_computed_tokens
         sample = start + n == req.num_tokens
+        groups = self.kv_manager.group_block_tables(req.request_id)
         scheduled = ScheduledRequest(
             req.request_id,
             req.all_token_ids[start : start + n],
             start,
-            self.kv_manager.get_block_table(req.request_id),
+            # hybrid: group 0's snapshot, not one more copy (the runner reads the groups')
+            groups[0] if groups else self.kv_manager.get_block_table(req.request_id),
             sample,
             req.sampling_params.prompt_logprobs is not None,
-            group_block_tables=self.kv_manager.group_block_tables(req.request_id),
+            group_block_tables=groups,
         )
         step.out.requests[req.request_id] = req
         if sample and req.request_id in self._unforked:

@@ -12,6 +12,7 @@ is spilled before it is reused, and a hit is loaded before the forward reads it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from pagedllm.core.request import Request
@@ -24,7 +25,8 @@ class ScheduledRequest:
     request_id: str
     token_ids: list[int]  # the tokens computed this step (len = num_new_tokens)
     start_position: int  # == request.num_computed_tokens before this step
-    block_table: list[int]  # the request's whole block table after allocation
+    # the request's whole block table after allocation (group 0's snapshot tuple for hybrid)
+    block_table: Sequence[int]
     sample: bool  # True when this step reaches the end of the known tokens
     prompt_logprobs: bool = False  # the request wants logprobs of its prompt tokens
     num_lookahead: int = 0  # multi-step: slots allocated for this many tokens not sampled yet
@@ -34,8 +36,9 @@ class ScheduledRequest:
     # samples 1..n-1 of an n > 1 request, forked off this row when its prompt completes: each
     # samples its first token from this row's logits (a row of its own in the step's tokens)
     fork_ids: list[str] = field(default_factory=list)
-    # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group
-    group_block_tables: list[list[int]] | None = None
+    # hybrid KV cache: every group's table (group 0's is `block_table`); None with one group.
+    # Snapshots (``GroupTable.ids()``): the same tuple object while a table does not change
+    group_block_tables: list[tuple[int, ...]] | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -36,11 +36,25 @@ class GroupTable:
     num_null: int = 0  # leading null slots
     num_cached: int = 0  # leading slots registered in the prefix cache (null ones included)
     cpu_block_ids: list[int] = field(default_factory=list)  # live blocks while swapped out
+    # ``block_ids`` as a tuple, kept until the table changes: a decode step hands the runner
+    # every group's table, and copying 7 groups x 256 tables of ~500 ids each step cost more
+    # host time than the step's device work (benchmarks/hybrid_host_profile.py)
+    _ids: tuple[int, ...] | None = None
 
     @property
     def live(self) -> list[KVBlock]:
         """The live (non-null) blocks, first to last."""
         return self.blocks[self.num_null :]
+
+    def ids(self) -> tuple[int, ...]:
+        """``block_ids`` as an immutable snapshot; the same object until ``changed()``."""
+        if self._ids is None:
+            self._ids = tuple(self.block_ids)
+        return self._ids
+
+    def changed(self) -> None:
+        """Drop the snapshot: every change of ``block_ids`` must call this."""
+        self._ids = None
 
 
 class SingleTypeKVManager:
@@ -80,7 +94,11 @@ class SingleTypeKVManager:
         """Free the live blocks wholly outside the window and put null blocks in their slots.
 
         Freed last-first, so the deeper blocks of a prefix chain are evicted before parents.
+        A full-attention group skips nothing (``SingleTypeKVManager`` returns at once: this
+        runs for every request and group each step).
         """
+        if self.sliding_window is None:
+            return
         skip = min(self.num_skipped_blocks(num_computed_tokens), len(table.blocks))
         if skip <= table.num_null:
             return
@@ -91,6 +109,7 @@ class SingleTypeKVManager:
             table.block_ids[i] = null.block_id
         table.num_null = skip
         table.num_cached = max(table.num_cached, skip)
+        table.changed()
 
     def num_new_blocks(self, table: GroupTable, end_slots: int) -> int:
         """Blocks to allocate so the table has a slot for every position < ``end_slots``.
@@ -119,12 +138,16 @@ class SingleTypeKVManager:
             table.blocks.append(block)
             table.block_ids.append(block.block_id)
         table.num_cached = len(table.blocks)
+        table.changed()
 
     def append_new(self, table: GroupTable, n: int) -> None:
         """Append ``n`` fresh private blocks."""
+        if n <= 0:
+            return
         new = self.pool.get_new_blocks(n)
         table.blocks.extend(new)
         table.block_ids.extend(b.block_id for b in new)
+        table.changed()
 
     def cache_blocks(
         self, table: GroupTable, hashes: list[BlockHash], num_full: int

@@ -21,7 +21,10 @@ _ARCHITECTURES = {
     "llama": ("LlamaForCausalLM", "llama"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+    "gemma2": ("Gemma2ForCausalLM", "gemma2"),
+    "gemma3": ("Gemma3ForCausalLM", "gemma3_text"),
 }
+_GEMMA = ("gemma2", "gemma3")
 _GLOBAL_NAMES = {
     "token_embd": "model.embed_tokens",
     "output_norm": "model.norm",
@@ -39,6 +42,13 @@ _LAYER_NAMES = {
     "ffn_gate": "mlp.gate_proj",
     "ffn_up": "mlp.up_proj",
     "ffn_down": "mlp.down_proj",
+}
+# Gemma's four norms per layer (llama.cpp's tensor map: ffn_norm is the *pre*-feed-forward norm)
+_GEMMA_LAYER_NAMES = {
+    **_LAYER_NAMES,
+    "ffn_norm": "pre_feedforward_layernorm",
+    "post_attention_norm": "post_attention_layernorm",
+    "post_ffw_norm": "post_feedforward_layernorm",
 }
 # Precomputed llama3 rope frequencies: the model recomputes them from rope_scaling.
 _SKIPPED_TENSORS = {"rope_freqs.weight"}
@@ -64,17 +74,19 @@ def read_metadata(reader: Any) -> dict[str, Any]:
     return meta
 
 
-def gguf_to_hf_name(name: str) -> str | None:
-    """HF parameter name of a GGUF tensor; ``None`` for tensors the model does not load."""
+def gguf_to_hf_name(name: str, arch: str = "llama") -> str | None:
+    """HF parameter name of a GGUF tensor of architecture ``arch``; ``None`` for tensors the
+    model does not load."""
+    layer_names = _GEMMA_LAYER_NAMES if arch in _GEMMA else _LAYER_NAMES
     if name in _SKIPPED_TENSORS:
         return None
     stem, _, suffix = name.rpartition(".")
     if stem in _GLOBAL_NAMES:
         return f"{_GLOBAL_NAMES[stem]}.{suffix}"
     match = _LAYER_RE.match(name)
-    if match and match.group(2) in _LAYER_NAMES:
+    if match and match.group(2) in layer_names:
         layer, part, kind = match.groups()
-        return f"model.layers.{layer}.{_LAYER_NAMES[part]}.{kind}"
+        return f"model.layers.{layer}.{layer_names[part]}.{kind}"
     raise ValueError(
         f"GGUF tensor {name!r} has no Hugging Face equivalent in pagedllm's loader; "
         "this architecture variant is not supported (use a Hugging Face safetensors directory)"
@@ -145,7 +157,33 @@ def gguf_hf_config(meta: dict[str, Any], tensor_names: set[str]) -> dict[str, An
         "pad_token_id": meta.get("tokenizer.ggml.padding_token_id"),
         # Quantized files dequantize to float32; unquantized ones keep their dtype.
         "torch_dtype": _FILE_TYPE_DTYPES.get(meta.get("general.file_type", -1), "float32"),
+        **(
+            _gemma_config(get, arch, int(head_dim) if head_dim else hidden // heads)
+            if arch in _GEMMA
+            else {}
+        ),
     }
+
+
+def _gemma_config(get: Any, arch: str, head_dim: int) -> dict[str, Any]:
+    """Gemma 2/3 fields GGUF carries (window, soft-caps) and llama.cpp's fixed ones.
+
+    llama.cpp scales queries by ``head_dim ** -0.5`` (Gemma 2/3 2B-12B; 27B differs and has
+    no metadata key), uses 10,000 as the local rope base of Gemma 3, and a 5:1 local/global
+    pattern (``sliding_window_pattern`` 6) unless the file says otherwise.
+    """
+    out: dict[str, Any] = {
+        "sliding_window": get("attention.sliding_window"),
+        "query_pre_attn_scalar": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+    }
+    if arch == "gemma2":
+        out["attn_logit_softcapping"] = get("attn_logit_softcapping")
+        out["final_logit_softcapping"] = get("final_logit_softcapping")
+    else:
+        out["rope_local_base_freq"] = 10000.0
+        out["sliding_window_pattern"] = int(get("attention.sliding_window_pattern", 6))
+    return out
 
 
 def unpermute_qk(weight: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -174,10 +212,13 @@ def iter_gguf_weights(reader: Any, hf_config: dict[str, Any]) -> WeightIterator:
     from gguf.quants import dequantize
 
     permute = hf_config["model_type"] == "llama"
+    arch = _gguf_arch(hf_config)
+    # llama.cpp stores Gemma's RMSNorm weights with the model's "1 +" folded in
+    unfold_norms = arch in _GEMMA
     heads = hf_config["num_attention_heads"]
     kv_heads = hf_config["num_key_value_heads"]
     for tensor in reader.tensors:
-        hf_name = gguf_to_hf_name(tensor.name)
+        hf_name = gguf_to_hf_name(tensor.name, arch)
         if hf_name is None:
             continue
         array = np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32)
@@ -186,11 +227,19 @@ def iter_gguf_weights(reader: Any, hf_config: dict[str, Any]) -> WeightIterator:
         # ggml lists dims fastest-first; numpy's shape is the reverse (HF's [out, in]).
         shape = [int(d) for d in reversed(tensor.shape)]
         weight = torch.from_numpy(np.ascontiguousarray(array.reshape(shape)))
+        if unfold_norms and hf_name.endswith("norm.weight"):
+            weight -= 1.0
         if permute and ".self_attn.q_proj." in hf_name:
             weight = unpermute_qk(weight, heads)
         elif permute and ".self_attn.k_proj." in hf_name:
             weight = unpermute_qk(weight, kv_heads)
         yield hf_name, weight
+
+
+def _gguf_arch(hf_config: dict[str, Any]) -> str:
+    """The GGUF architecture name of a config this loader built."""
+    hf_arch = hf_config["architectures"][0]
+    return next(k for k, (a, _) in _ARCHITECTURES.items() if a == hf_arch)
 
 
 def load_gguf(path: Path, name: str | None = None) -> ModelSource:
@@ -203,8 +252,9 @@ def load_gguf(path: Path, name: str | None = None) -> ModelSource:
     meta = read_metadata(reader)
     tensor_names = {t.name for t in reader.tensors}
     hf_config = gguf_hf_config(meta, tensor_names)
+    arch = _gguf_arch(hf_config)
     for tensor_name in tensor_names:
-        gguf_to_hf_name(tensor_name)  # fail now, not halfway through loading
+        gguf_to_hf_name(tensor_name, arch)  # fail now, not halfway through loading
     eos_ids = _eos_ids(meta)
     tokenizer = build_gguf_tokenizer(meta, eos_ids)
     generation_config: dict[str, Any] = {
@@ -220,5 +270,5 @@ def load_gguf(path: Path, name: str | None = None) -> ModelSource:
         path=str(path),
         load_format="gguf",
         _weights_fn=lambda: iter_gguf_weights(reader, hf_config),
-        num_tensors=sum(gguf_to_hf_name(t) is not None for t in tensor_names),
+        num_tensors=sum(gguf_to_hf_name(t, arch) is not None for t in tensor_names),
     )

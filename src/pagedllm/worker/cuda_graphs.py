@@ -33,15 +33,20 @@ def capture_sizes(max_num_seqs: int) -> list[int]:
 class _Buffers:
     input_ids: torch.Tensor
     positions: torch.Tensor
-    slot_mapping: torch.Tensor
-    block_tables: torch.Tensor
+    slot_mapping: torch.Tensor  # [groups, n]: each KV cache group writes its own slots
+    block_tables: torch.Tensor  # [groups, n, max_blocks]: each group's own tables
     seq_lens: torch.Tensor
     query_start_loc: torch.Tensor
-    hidden: torch.Tensor | None = None
 
 
 class CudaGraphRunner:
-    """Captures and replays decode forwards of ``model`` for bucketed batch sizes."""
+    """Captures and replays decode forwards of ``model`` for bucketed batch sizes.
+
+    Hybrid KV cache (``num_groups > 1``): every group has its own slot and block-table buffer
+    (``[groups, n, ...]``) and the captured forward context gives each layer its group's view
+    (``layer_group``), exactly as an eager step's ``ForwardContext`` does. Rows and lengths
+    are shared by the groups.
+    """
 
     def __init__(
         self,
@@ -52,20 +57,28 @@ class CudaGraphRunner:
         max_model_len: int,
         block_size: int,
         device: torch.device,
+        layer_group: list[int] | None = None,
+        num_groups: int = 1,
     ) -> None:
+        if num_groups > 1 and layer_group is None:
+            raise ValueError("layer_group is needed with several KV cache groups")
         self.model = model
         self.backend = backend
         self.kv_caches = kv_caches
         self.max_model_len = max_model_len
         self.block_size = block_size
+        self.layer_group = layer_group if num_groups > 1 else None
+        self.num_groups = num_groups
         self.sizes = capture_sizes(max_num_seqs)
         self.max_blocks = -(-max_model_len // block_size)
         n = self.sizes[-1]
         self.buf = _Buffers(
             input_ids=torch.zeros(n, dtype=torch.long, device=device),
             positions=torch.zeros(n, dtype=torch.long, device=device),
-            slot_mapping=torch.full((n,), -1, dtype=torch.long, device=device),
-            block_tables=torch.zeros((n, self.max_blocks), dtype=torch.int32, device=device),
+            slot_mapping=torch.full((num_groups, n), -1, dtype=torch.long, device=device),
+            block_tables=torch.zeros(
+                (num_groups, n, self.max_blocks), dtype=torch.int32, device=device
+            ),
             seq_lens=torch.ones(n, dtype=torch.int32, device=device),
             query_start_loc=torch.arange(n + 1, dtype=torch.int32, device=device),
         )
@@ -73,11 +86,11 @@ class CudaGraphRunner:
         self.outputs: dict[int, torch.Tensor] = {}
         self.pool = None
 
-    def _metadata(self, bs: int) -> AttentionMetadata:
+    def _metadata(self, bs: int, group: int) -> AttentionMetadata:
         b = self.buf
         return AttentionMetadata(
-            slot_mapping=b.slot_mapping[:bs],
-            block_tables=b.block_tables[:bs],
+            slot_mapping=b.slot_mapping[group, :bs],
+            block_tables=b.block_tables[group, :bs],
             seq_lens=b.seq_lens[:bs],
             query_start_loc=b.query_start_loc[: bs + 1],
             max_query_len=1,
@@ -87,13 +100,17 @@ class CudaGraphRunner:
             block_size=self.block_size,
         )
 
+    def context(self, bs: int) -> ForwardContext:
+        """The forward context over the static buffers of bucket ``bs`` (what is captured)."""
+        metas = [self._metadata(bs, g) for g in range(self.num_groups)]
+        groups = metas if self.num_groups > 1 else None
+        return ForwardContext(metas[0], self.kv_caches, self.backend, groups, self.layer_group)
+
     @torch.inference_mode()
     def capture(self) -> None:
         """Capture every bucket, largest first so smaller graphs reuse its memory pool."""
         for bs in reversed(self.sizes):
-            meta = self._metadata(bs)
-            ctx = ForwardContext(meta, self.kv_caches, self.backend)
-            with set_forward_context(ctx):
+            with set_forward_context(self.context(bs)):
                 for _ in range(2):  # warm-up: Triton compiles, cuBLAS picks its algorithms
                     self.model(self.buf.input_ids[:bs], self.buf.positions[:bs])
                 torch.cuda.synchronize()
@@ -110,23 +127,44 @@ class CudaGraphRunner:
     def can_run(self, num_seqs: int, max_seq_len: int) -> bool:
         return num_seqs <= self.sizes[-1] and max_seq_len <= self.max_model_len
 
+    def stage(
+        self,
+        input_ids: torch.Tensor,
+        positions: torch.Tensor,
+        metadata: AttentionMetadata,
+        group_metadata: list[AttentionMetadata] | None = None,
+    ) -> int:
+        """Copy ``n`` decodes' inputs into the static buffers; returns the bucket to replay.
+
+        Rows ``n .. bucket - 1`` become padding: no write (slot -1), one key of block 0
+        (``seq_len`` 1; for a hybrid model that is the null block, whose contents no real row
+        reads), output dropped.
+        """
+        n = input_ids.shape[0]
+        bs = next(s for s in self.sizes if s >= n)
+        metas = group_metadata if group_metadata is not None else [metadata]
+        if len(metas) != self.num_groups:
+            raise ValueError(f"{len(metas)} KV cache groups given, graphs have {self.num_groups}")
+        b = self.buf
+        b.input_ids[:n].copy_(input_ids, non_blocking=True)
+        b.positions[:n].copy_(positions, non_blocking=True)
+        b.slot_mapping[:, n:bs].fill_(-1)
+        for g, meta in enumerate(metas):
+            width = meta.block_tables.shape[1]
+            b.slot_mapping[g, :n].copy_(meta.slot_mapping, non_blocking=True)
+            b.block_tables[g, :n, :width].copy_(meta.block_tables, non_blocking=True)
+        b.seq_lens[:n].copy_(metadata.seq_lens, non_blocking=True)
+        b.seq_lens[n:bs].fill_(1)
+        return bs
+
     def run(
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
         metadata: AttentionMetadata,
+        group_metadata: list[AttentionMetadata] | None = None,
     ) -> torch.Tensor:
         """Replay the smallest graph that fits ``n`` decodes; returns hidden ``[n, hidden]``."""
-        n = input_ids.shape[0]
-        bs = next(s for s in self.sizes if s >= n)
-        b = self.buf
-        b.input_ids[:n].copy_(input_ids, non_blocking=True)
-        b.positions[:n].copy_(positions, non_blocking=True)
-        b.slot_mapping[:n].copy_(metadata.slot_mapping, non_blocking=True)
-        b.slot_mapping[n:bs].fill_(-1)
-        width = metadata.block_tables.shape[1]
-        b.block_tables[:n, :width].copy_(metadata.block_tables, non_blocking=True)
-        b.seq_lens[:n].copy_(metadata.seq_lens, non_blocking=True)
-        b.seq_lens[n:bs].fill_(1)
+        bs = self.stage(input_ids, positions, metadata, group_metadata)
         self.graphs[bs].replay()
-        return self.outputs[bs][:n]
+        return self.outputs[bs][: input_ids.shape[0]]

@@ -27,7 +27,7 @@ from pagedllm.worker import kv_sizing, warmup
 from pagedllm.worker.cache_engine import CacheEngine, KVCacheSpec, kv_cache_layout
 from pagedllm.worker.cuda_graphs import CudaGraphRunner
 from pagedllm.worker.device import resolve_device, resolve_dtype
-from pagedllm.worker.input_batch import ModelInputs, prepare_inputs
+from pagedllm.worker.input_batch import GroupTableRows, ModelInputs, prepare_inputs
 from pagedllm.worker.multi_step import advance_decode_inputs, inputs_from_prev
 from pagedllm.worker.pending import PendingStep
 from pagedllm.worker.row_sampling import RowSampler
@@ -78,6 +78,7 @@ class ModelRunner:
         )
         self.cache: CacheEngine | None = None
         self.graphs: CudaGraphRunner | None = None
+        self.group_rows = GroupTableRows()  # hybrid models' table rows, kept between steps
 
     # ----------------------------------------------------------------- set-up
     def _weights(self, source: ModelSource):  # noqa: ANN202 - an iterator of (name, tensor)
@@ -117,7 +118,7 @@ class ModelRunner:
             sched = self.config.scheduler
             self.graphs = warmup.capture_graphs(
                 self.model, self.backend, self.cache, sched.max_num_seqs, sched.max_model_len,
-                self.block_size,
+                self.block_size, self.layer_group, self.kv_layout.num_groups,
             )  # fmt: skip
 
     def measure_swap_bandwidth(self) -> float:
@@ -141,7 +142,7 @@ class ModelRunner:
         pending = PendingStep()
         if not plan.scheduled:
             return pending
-        inputs = prepare_inputs(plan, self.block_size, self.device)
+        inputs = prepare_inputs(plan, self.block_size, self.device, self.group_rows)
         if plan.scheduled[0].prev_row is not None:
             prev_ids = None if prev is None else prev.last_token_ids
             prev_rows = 0 if prev is None else len(prev.row_ids)
@@ -159,11 +160,10 @@ class ModelRunner:
         meta = inputs.metadata
         if (
             self.graphs is not None
-            and inputs.group_metadata is None  # hybrid KV groups run eagerly (no graphs yet)
             and meta.num_decodes == meta.num_seqs
             and self.graphs.can_run(meta.num_seqs, meta.max_seq_len)
         ):
-            return self.graphs.run(inputs.input_ids, inputs.positions, meta)
+            return self.graphs.run(inputs.input_ids, inputs.positions, meta, inputs.group_metadata)
         context = ForwardContext(
             meta, self.cache.kv_caches, self.backend, inputs.group_metadata, self.layer_group
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from pagedllm.attention.metadata import ForwardContext, build_metadata, set_forward_context
+from pagedllm.layers.attention import Attention
 from pagedllm.layers.sampler import Sampler, SamplingBatch
 from pagedllm.sampling_params import SamplingParams
 from pagedllm.worker.cache_engine import CacheEngine
@@ -41,12 +42,22 @@ def warm_up(
     with set_forward_context(ForwardContext(meta, cache.kv_caches, backend)):
         hidden = model(ids, pos)
     logits = model.compute_logits(hidden[-2:])
-    backend.warm_up(cache.kv_caches[0], model.num_heads, hidden.dtype)
+    backend.warm_up(cache.kv_caches[0], model.num_heads, hidden.dtype, attention_variants(model))
     # the fused temperature-sampling kernel plus greedy rows
     params = [SamplingParams(temperature=0.7), SamplingParams(temperature=0.0)]
     batch = SamplingBatch.build(params, [[]] * 2, [[]] * 2, [None] * 2, device, vocab_size)
     sampler(logits, batch)
     torch.cuda.synchronize(device)
+
+
+def attention_variants(model: torch.nn.Module) -> list[tuple[bool, float | None]]:
+    """The model's attention kinds, (has a sliding window, soft-cap), each a compiled variant
+    of the decode kernel; a plain full-attention one is always included."""
+    kinds = {(False, None)}
+    for module in model.modules():
+        if isinstance(module, Attention):
+            kinds.add((module.sliding_window is not None, module.logit_softcap))
+    return sorted(kinds, key=lambda k: (k[0], k[1] or 0.0))
 
 
 def capture_graphs(
@@ -56,8 +67,11 @@ def capture_graphs(
     max_num_seqs: int,
     max_model_len: int,
     block_size: int,
+    layer_group: list[int] | None = None,
+    num_groups: int = 1,
 ) -> CudaGraphRunner:
-    """Captured decode forwards per padded batch size."""
+    """Captured decode forwards per padded batch size (per KV cache group tables for hybrid
+    models: ``layer_group`` maps each layer to its group)."""
     graphs = CudaGraphRunner(
         model,
         backend,
@@ -66,6 +80,8 @@ def capture_graphs(
         max_model_len=max_model_len,
         block_size=block_size,
         device=cache.device,
+        layer_group=layer_group,
+        num_groups=num_groups,
     )
     graphs.capture()
     return graphs
