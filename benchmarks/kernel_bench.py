@@ -380,7 +380,9 @@ def bench_extend(device: torch.device, smoke: bool, iters: int, long: bool = Fal
     res["configs"] = []
     for bm, bn, w, s, pack in configs[:1] if smoke else configs:
         try:
-            ms = timed(lambda bm=bm, bn=bn, w=w, s=s, p=pack: ours(bm, bn, w, s, p), iters, 3, device)
+            ms = timed(
+                lambda bm=bm, bn=bn, w=w, s=s, p=pack: ours(bm, bn, w, s, p), iters, 3, device
+            )
             r = _row_tflops(f"paged extend BM={bm} BN={bn} w={w} s={s} pack={pack:d}", ms, tflop)
             res["configs"].append({**r, "block_m": bm, "block_n": bn, "num_warps": w, "stages": s,
                                    "pack_gqa": pack})  # fmt: skip

@@ -78,8 +78,11 @@ def main() -> int:
     parser.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--dummy", action="store_true",
-                        help="random weights for --model (a config + tokenizer directory)")
+    parser.add_argument(
+        "--dummy",
+        action="store_true",
+        help="random weights for --model (a config + tokenizer directory)",
+    )
     parser.add_argument("--device", default=None, help="cpu or cuda (default: the engine's)")
     args = parser.parse_args()
     try:

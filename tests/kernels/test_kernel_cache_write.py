@@ -58,3 +58,28 @@ def test_rejects_mismatched_cache(device: torch.device) -> None:
     cache = torch.zeros(2, 4, 16, 2, 32, device=device)
     with pytest.raises(ValueError, match="kv_cache"):
         reshape_and_cache(key, key, cache, torch.zeros(2, dtype=torch.int64, device=device))
+
+
+def test_group_metadata_slot_rows_are_contiguous_and_strided_slots_are_refused(device):
+    """Hybrid models build every group's slots in one numpy gather, which numpy returns
+    column-major: each group's ``slot_mapping`` must still be a contiguous row (a stride-2
+    view made the Triton write put Gemma's K/V into other tokens' slots), and the write
+    kernel refuses a strided one instead of misreading it."""
+    import numpy as np
+
+    from pagedllm.attention.metadata import build_group_metadata
+    from pagedllm.kernels import reshape_and_cache
+
+    tables = np.array([[[3, 4, 5], [6, 7, 0]], [[0, 9, 10], [11, 12, 13]]], dtype=np.int32)
+    metas = build_group_metadata([5, 1], [9, 7], tables, 4, device)
+    for g, meta in enumerate(metas):
+        assert meta.slot_mapping.is_contiguous() and meta.block_tables.is_contiguous()
+        positions = [4, 5, 6, 7, 8, 6]
+        rows = [0] * 5 + [1]
+        want = [int(tables[g, r, p // 4]) * 4 + p % 4 for r, p in zip(rows, positions, strict=True)]
+        assert meta.slot_mapping.tolist() == want
+    key = torch.randn(3, 2, 16, device=device)
+    cache = torch.zeros(2, 8, 4, 2, 16, device=device)
+    strided = torch.arange(6, device=device)[::2]
+    with pytest.raises(ValueError, match="slot_mapping"):
+        reshape_and_cache(key, key, cache, strided)

@@ -112,4 +112,3 @@ def test_matchers_follow_tokens_and_forks():
     assert (int(mask[0, yes[0] // 32]) >> (yes[0] % 32)) & 1
     manager.release(["a"])
     assert manager.num_active == 0
-

@@ -150,7 +150,11 @@ def build_group_metadata(
     total = int(query_start[-1])
     seq_idx = np.repeat(np.arange(num_seqs), q)
     positions = np.arange(total) - query_start[:-1][seq_idx] + (s - q)[seq_idx]
-    slots = tables[:, seq_idx, positions // block_size].astype(np.int64) * block_size
+    # numpy lays a slice-then-advanced-index result out column-major ([G, T] with strides
+    # (8, 8G)): made row-major, so each group's slot row is a contiguous tensor (the Triton
+    # cache-write kernel reads slot t at base + t)
+    slots = np.ascontiguousarray(tables[:, seq_idx, positions // block_size], dtype=np.int64)
+    slots *= block_size
     slots += positions % block_size
     slots_dev = to_device(slots, torch.int64, device)
     tables_dev = to_device(tables, torch.int32, device)

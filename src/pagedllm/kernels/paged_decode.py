@@ -263,6 +263,9 @@ def paged_decode_attention(
         dtype=torch.float32,
         device=query.device,
     )
+    if block_tables.stride(-1) != 1 or seq_lens.stride(0) != 1:
+        # the kernels index table rows and lengths as contiguous vectors
+        raise ValueError("block_tables rows and seq_lens must be contiguous")
     _decode_split_kernel[(num_seqs, num_kv_heads, num_splits)](
         query,
         kv_cache,

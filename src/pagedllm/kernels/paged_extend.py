@@ -258,6 +258,9 @@ def paged_extend_attention(
         pack_gqa = query.is_cuda and group > 1
     pack = group if pack_gqa and block_m % group == 0 else 1
     grid = (num_seqs, triton.cdiv(max_query_len * pack, block_m), num_heads // pack)
+    if block_tables.stride(-1) != 1 or seq_lens.stride(0) != 1:
+        # the kernels index table rows and lengths as contiguous vectors
+        raise ValueError("block_tables rows and seq_lens must be contiguous")
     _paged_extend_kernel[grid](
         query,
         kv_cache,

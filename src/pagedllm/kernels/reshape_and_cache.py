@@ -98,6 +98,10 @@ def reshape_and_cache(
     for name, t in (("key", key), ("value", value), ("kv_cache", kv_cache)):
         if t.stride(-1) != 1:
             raise ValueError(f"{name} must be contiguous in its last dimension")
+    if slot_mapping.dim() != 1 or slot_mapping.stride(0) != 1:
+        # the kernel reads slot t at base + t: a strided view would hand it other tokens' slots
+        raise ValueError(f"slot_mapping must be a contiguous 1-D tensor, got strides "
+                         f"{slot_mapping.stride()}")  # fmt: skip
     _reshape_and_cache_kernel[(num_tokens,)](
         key,
         value,

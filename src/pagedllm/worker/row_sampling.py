@@ -60,8 +60,7 @@ class RowSampler:
             prompt_token_ids=[r.prompt_token_ids for r in rows],
             generators=[self._request_generator(r) for r in rows],
             banned_token_ids=[
-                [] if self.structured.is_finished(r.request_id) else _banned_tokens(r)
-                for r in rows
+                [] if self.structured.is_finished(r.request_id) else _banned_tokens(r) for r in rows
             ],
             device=self.device,
             vocab_size=self.vocab_size,
