@@ -34,7 +34,9 @@ def test_triton_warm_up_launches_each_variant_at_each_split(monkeypatch):
 
     calls = []
 
-    def record(query, kv_cache, tables, seq_lens, scale, num_splits, sliding_window, softcap):
+    def record(query, kv_cache, tables, seq_lens, scale, num_splits, sliding_window, softcap,
+               kv_scale=None):  # fmt: skip
+        assert kv_scale is None  # a bf16/fp32 cache has no scales
         calls.append((sliding_window is not None, softcap, num_splits))
 
     monkeypatch.setattr(triton_backend, "paged_decode_attention", record)
