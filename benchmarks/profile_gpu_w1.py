@@ -14,18 +14,19 @@ import argparse
 import json
 import sys
 import time
-from collections import defaultdict
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pagedllm import LLM  # noqa: E402
 from pagedllm.benchmark import workloads  # noqa: E402
 from pagedllm.benchmark.throughput import run_workload  # noqa: E402
 from pagedllm.sampling_params import SamplingParams  # noqa: E402
+from profile_steps import profile_window  # noqa: E402
 
 
 def make_llm(steps: int, block_size: int, **extra) -> LLM:
@@ -49,35 +50,12 @@ def kernel_window(llm: LLM, load, skip: int, window: int) -> dict:
         engine.add_request(f"p-{i}", None, params, prompt_token_ids=prompt, stream=False)
     for _ in range(skip):
         engine.step()
-    torch.cuda.synchronize()
-    acts = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
-    with torch.profiler.profile(activities=acts) as prof:
-        t = time.perf_counter()
-        for _ in range(window):
-            engine.step()
-        torch.cuda.synchronize()
-        wall = time.perf_counter() - t
+    out = profile_window(engine, window)
     batch = engine.scheduler.num_running
     while engine.has_unfinished_requests():
         engine.step()
-    per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-    busy = 0.0
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-            busy += us
-            name = ev.name[:90]
-            per_kernel[name][0] += us
-            per_kernel[name][1] += 1
-    top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:25]
-    return {
-        "window_steps": window,
-        "batch_after": batch,
-        "wall_ms": wall * 1e3,
-        "gpu_kernel_ms": busy / 1e3,
-        "busy_fraction": busy / 1e3 / (wall * 1e3),
-        "top_kernels_ms": [(k, round(v[0] / 1e3, 3), v[1]) for k, v in top],
-    }
+    out["batch_after"] = batch
+    return out
 
 
 def timed_run(llm: LLM, load) -> dict:

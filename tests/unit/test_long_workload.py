@@ -46,6 +46,15 @@ def test_long_workload_reports_prefill_decode_and_kv_floor(tiny_model, kv_cache_
     assert engine.scheduler.kv_manager.num_free_blocks == engine.scheduler.kv_manager.num_blocks
 
 
+def test_long_workload_reports_the_steady_decode_step(tiny_model):
+    engine = _engine(tiny_model, max_model_len=64)
+    result = run_long_workload(engine, workloads.LongSpec("tiny long", 2, 40, 16, "qwen3-0.6b"))
+    # 15 decode steps after the prefill: gaps past the first four give the median
+    assert result["decode_step_ms_p50"] is not None and result["decode_step_ms_p50"] > 0
+    short = run_long_workload(engine, SPEC)  # too few decode steps for a steady state
+    assert short["decode_step_ms_p50"] is None
+
+
 def test_long_workload_refuses_a_short_context(tiny_model):
     engine = _engine(tiny_model, max_model_len=32)
     with pytest.raises(ValueError, match="max_model_len >= 44"):

@@ -65,7 +65,8 @@ def run_throughput_or_sweep(
             runs.append(result)
             print(
                 f"block_size={size:4d}  prefill {result['prefill_s']:.2f} s  decode "
-                f"{result['decode_ms_per_step']:.2f} ms/step (KV read "
+                f"{result['decode_ms_per_step']:.2f} ms/step (steady "
+                f"{result['decode_step_ms_p50'] or float('nan'):.2f}; KV read "
                 f"{result['kv_read_gb_per_step']:.2f} GB/step)",
                 flush=True,
             )

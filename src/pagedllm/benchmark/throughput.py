@@ -7,6 +7,7 @@ Reported: output tokens/s over the wall time of the whole batch, after one warm-
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 from pagedllm.benchmark.workloads import Workload
@@ -62,9 +63,11 @@ def run_requests(
     output_lens: list[int],
     temperature: float,
     prefix: str,
+    on_step: Callable[[], None] | None = None,
 ) -> int:
     """Queue every prompt (ignore_eos, exactly its output length), step until all finish;
-    returns the output tokens produced. Request ids are ``{prefix}-{i}``."""
+    returns the output tokens produced. Request ids are ``{prefix}-{i}``; ``on_step`` is called
+    after every engine step (for per-step timing)."""
     for i, (prompt, out_len) in enumerate(zip(prompts, output_lens, strict=True)):
         params = SamplingParams(temperature=temperature, max_tokens=out_len, ignore_eos=True)
         engine.add_request(f"{prefix}-{i}", None, params, prompt_token_ids=prompt, stream=False)
@@ -77,6 +80,8 @@ def run_requests(
                     produced += len(output.outputs[0].token_ids)
                     bar.update(1)
                     bar.set_postfix(output_tokens=produced, refresh=False)
+            if on_step is not None:
+                on_step()
     finally:
         bar.close()
     return produced
