@@ -37,10 +37,12 @@ if not torch.cuda.is_available():
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from pagedllm import LLM  # noqa: E402
 from pagedllm.benchmark import workloads  # noqa: E402
 from pagedllm.sampling_params import SamplingParams  # noqa: E402
+from profile_steps import kernel_totals  # noqa: E402
 
 RESULTS: dict = {}
 
@@ -140,19 +142,6 @@ def decode_split_sweep(smoke: bool) -> dict:
         out[f"{num_seqs}x{ctx}"] = {"kv_bytes": kv_bytes, "heuristic": heuristic, "rows": rows}
         del cache
     return out
-
-
-def kernel_totals(prof, n: int) -> tuple[float, list]:
-    """Device microseconds in all kernels, and the ``n`` kernels that took the most."""
-    per_kernel: dict[str, list] = defaultdict(lambda: [0.0, 0])
-    busy = 0.0
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            us = ev.device_time if hasattr(ev, "device_time") else ev.cuda_time
-            busy += us
-            per_kernel[ev.name[:90]][0] += us
-            per_kernel[ev.name[:90]][1] += 1
-    return busy, sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:n]
 
 
 def make_llm(smoke: bool, max_model_len: int, **extra) -> LLM:

@@ -29,8 +29,8 @@ from pagedllm import LLM, SamplingParams  # noqa: E402
 from pagedllm.benchmark.workloads import preset_path  # noqa: E402
 
 
-def summarize(prof, wall_s: float, steps: int, top: int = 25) -> dict:
-    """Device kernel time of a profiler window: busy fraction and the top kernels."""
+def kernel_totals(prof, n: int) -> tuple[float, list]:
+    """Device microseconds in all kernels of a profiler window, and the ``n`` that took most."""
     per_kernel: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
     busy = 0.0
     for ev in prof.events():
@@ -39,7 +39,12 @@ def summarize(prof, wall_s: float, steps: int, top: int = 25) -> dict:
             busy += us
             per_kernel[ev.name[:90]][0] += us
             per_kernel[ev.name[:90]][1] += 1
-    ranked = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:top]
+    return busy, sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:n]
+
+
+def summarize(prof, wall_s: float, steps: int, top: int = 25) -> dict:
+    """Device kernel time of a profiler window: busy fraction and the top kernels."""
+    busy, ranked = kernel_totals(prof, top)
     return {
         "window_steps": steps,
         "wall_ms": round(wall_s * 1e3, 2),
