@@ -344,7 +344,7 @@ EXTEND_CONFIGS = [(128, 64, 8, 2, False), (128, 64, 8, 3, False), (128, 128, 8, 
                   (128, 128, 8, 3, False), (64, 64, 4, 3, False), (64, 32, 4, 2, False),
                   (128, 64, 8, 3, True), (64, 64, 4, 3, True)]  # fmt: skip
 # the long shape (W-long's second chunk) tries deeper pipelines and wider key tiles too
-EXTEND_LONG_CONFIGS = EXTEND_CONFIGS + [(128, 32, 4, 3, False), (128, 64, 4, 3, True),
+EXTEND_LONG_CONFIGS = EXTEND_CONFIGS + [(128, 128, 8, 3, True), (128, 32, 4, 3, False), (128, 64, 4, 3, True),
                                         (128, 128, 4, 3, True), (64, 128, 4, 3, True)]  # fmt: skip
 
 
