@@ -76,7 +76,7 @@ def test_extend_skips_leading_sequences(device: torch.device) -> None:
 
 @pytest.mark.parametrize("group,pack_gqa", [(4, False), (4, True), (2, True)])
 def test_extend_gqa_packing(device: torch.device, group: int, pack_gqa: bool | None) -> None:
-    """Query heads of one KV head packed into one tile (the GPU default) or one head per tile:
+    """Query heads of one KV head packed into one tile (`pack_gqa=True`) or one head per tile (the default):
     both equal the dense reference, causal and with a window."""
     for window in (None, 16):
         case, query, out, qsl, scale = _run(device, SEQS, 16, group, 64, F32,

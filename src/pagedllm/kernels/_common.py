@@ -6,10 +6,26 @@ import os
 
 import torch
 
+FP8_DTYPES = (torch.float8_e4m3fn,)
+
 
 def interpreting() -> bool:
     """True when Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def fp16_dots_for_fp8(kv_dtype: torch.dtype, query_dtype: torch.dtype) -> bool:
+    """Whether attention over float8 pages runs its dots in float16 (a bf16 query).
+
+    Converting e4m3 to bf16 takes a chain of conversion instructions per element, and Hopper's
+    conversion throughput is low: with it the fp8 decode and extend kernels were ALU-bound at
+    0.71-0.75x the speed of bf16 pages (H200, 2026-12-02) despite reading half the bytes.
+    e4m3 -> fp16 is one hardware conversion per pair and exact (fp16 holds every e4m3 value),
+    so the kernels convert the query to fp16 once (exact for |q| in fp16's range, clamped to
+    +-65504 beyond it; bf16 holds 8 mantissa bits, fp16 11) and K, V and the probabilities per
+    tile; accumulation stays fp32 and the output keeps the query's dtype.
+    """
+    return kv_dtype in FP8_DTYPES and query_dtype == torch.bfloat16
 
 
 def dot_options(dtype: torch.dtype) -> tuple[str, bool]:

@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from pagedllm.kernels._common import dot_options
+from pagedllm.kernels._common import dot_options, fp16_dots_for_fp8
 from pagedllm.kernels._softcap import soft_cap
 
 LOG2E = math.log2(math.e)
@@ -64,6 +64,7 @@ def _decode_split_kernel(
     DOT_FP32: tl.constexpr,
     KV_CAST: tl.constexpr,
     HAS_SCALE: tl.constexpr,
+    KV_F16: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -92,6 +93,8 @@ def _decode_split_kernel(
     )
     if DOT_FP32:
         q = q.to(tl.float32)
+    if KV_F16:  # fp8 pages under a bf16 query: both dots in fp16 (see the wrapper)
+        q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
@@ -252,7 +255,8 @@ def paged_decode_attention(
         return out
     num_kv_heads, block_size = kv_cache.shape[3], kv_cache.shape[2]
     group = num_heads // num_kv_heads
-    precision, upcast = dot_options(query.dtype)
+    kv_f16 = fp16_dots_for_fp8(kv_cache.dtype, query.dtype)
+    precision, upcast = dot_options(torch.float16 if kv_f16 else query.dtype)
     if block_n is None:
         block_n = 64
     partial_shape = (num_seqs, num_heads, num_splits) if num_splits > 1 else (1,)
@@ -301,6 +305,7 @@ def paged_decode_attention(
         DOT_FP32=upcast,
         KV_CAST=kv_cache.dtype != query.dtype,
         HAS_SCALE=kv_scale is not None,
+        KV_F16=kv_f16,
         num_warps=num_warps,
         num_stages=num_stages,
     )
