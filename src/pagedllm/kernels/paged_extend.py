@@ -57,9 +57,15 @@ def _extend_tile_loop(
     for start in range(lo, hi, BLOCK_N):
         offs_n = start + tl.arange(0, BLOCK_N)
         nmask = offs_n < hi
-        blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        if MASKED:
+            blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
+        else:  # whole tiles below the diagonal: every key exists, no predicated loads
+            blk = tl.load(bt_row + offs_n // BLOCK_SIZE).to(tl.int64)
         kv_offs = (blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs)[:, None] + offs_d[None, :]
-        k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
+        if MASKED:
+            k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + kv_offs)
         if KV_CAST:  # fp8 (or another float) pages: convert in registers (scales: the caller)
             k = k.to(q.dtype)
         if DOT_FP32:
@@ -81,7 +87,10 @@ def _extend_tile_loop(
         alpha = tl.exp2(m_i - m_safe)
         p = tl.exp2(s - m_safe[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
+        if MASKED:
+            v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
+        else:
+            v = tl.load(k_base + stride_ckv + kv_offs)
         if KV_CAST:
             v = v.to(q.dtype)
         if DOT_FP32:
