@@ -230,17 +230,31 @@ class BlockPool:
 
         Raises ``NoFreeBlocksError`` (and takes nothing) when fewer than ``n`` are free.
         """
-        if n > self._free.size:
-            raise NoFreeBlocksError(f"asked for {n} blocks, {self._free.size} free")
+        free = self._free
+        if n > free.size:
+            raise NoFreeBlocksError(f"asked for {n} blocks, {free.size} free")
+        # _FreeQueue.popleft inlined: a hybrid model's prefill chunk takes thousands of blocks
+        # per step (every window group allocates the whole chunk), and the per-call overhead
+        # of the method was most of the scheduler's time there
         out = []
+        append = out.append
         for _ in range(n):
-            block = self._free.popleft()
+            block = free.head
+            nxt = block.next_free
+            free.head = nxt
+            if nxt is None:
+                free.tail = None
+            else:
+                nxt.prev_free = None
+            block.next_free = None
+            block.in_free_queue = False
+            free.size -= 1
             if block.block_hash is not None:
                 if self.on_evict is not None and self._cached.get(self._key(block)) is block:
                     self.on_evict(block)
                 self._evict(block)
             block.ref_cnt = 1
-            out.append(block)
+            append(block)
         return out
 
     def _evict(self, block: KVBlock) -> None:
@@ -260,15 +274,31 @@ class BlockPool:
         Pass a request's blocks last-first (see the module's eviction-order invariant).
         Raises ``RuntimeError`` on a double free (a block already at ref_cnt 0).
         """
+        free = self._free
         for block in blocks:
             if block.ref_cnt <= 0:
                 raise RuntimeError(f"double free of block {block.block_id}")
             block.ref_cnt -= 1
-            if block.ref_cnt == 0:
-                if block.block_hash is None:
-                    self._free.appendleft(block)
+            if block.ref_cnt:
+                continue
+            block.in_free_queue = True
+            free.size += 1
+            if block.block_hash is None:  # nothing to keep: reused first (appendleft, inlined)
+                head = free.head
+                block.prev_free, block.next_free = None, head
+                if head is None:
+                    free.tail = block
                 else:
-                    self._free.append(block)
+                    head.prev_free = block
+                free.head = block
+            else:  # cached: reused last (append, inlined)
+                tail = free.tail
+                block.prev_free, block.next_free = tail, None
+                if tail is None:
+                    free.head = block
+                else:
+                    tail.next_free = block
+                free.tail = block
 
     def touch(self, blocks: Iterable[KVBlock]) -> None:
         """Add one reference to each block, reviving cached free blocks from the queue."""
