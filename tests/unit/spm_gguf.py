@@ -129,13 +129,18 @@ def write_spm_gguf(
     w.add_add_eos_token(False)
     if chat_template is not None:
         w.add_chat_template(chat_template)
-    for name, data in tensors.items():
-        w.add_tensor(name, data)
-    w.write_header_to_file()
-    w.write_kv_data_to_file()
-    w.write_tensors_to_file()
-    w.close()
+    finish_gguf(w, tensors)
     return pieces
+
+
+def finish_gguf(writer: Any, tensors: dict[str, Any]) -> None:
+    """Add ``tensors`` to a ``GGUFWriter`` whose metadata is complete, write the file, close."""
+    for name, data in tensors.items():
+        writer.add_tensor(name, data)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
 
 
 class ReferenceSpm:
