@@ -32,7 +32,7 @@ from tokenizers.models import BPE
 
 _SPACE = "▁"  # U+2581, SentencePiece's visible space
 # general.architecture values whose merge order is the token order, not the scores
-_POSITION_RANKED = {"gemma", "gemma2", "gemma3", "gemma3n"}
+_POSITION_RANKED = {"gemma", "gemma2", "gemma3"}
 
 
 def derive_merges(tokens: list[str], ranks: list[float]) -> list[tuple[str, str]]:
