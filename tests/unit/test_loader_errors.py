@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from spm_gguf import finish_gguf
 
 from pagedllm.loader import load_model_source
 
@@ -32,12 +33,7 @@ def _write_gguf(path: Path, arch: str, tensors: dict[str, np.ndarray]) -> Path:
     writer.add_token_types([1, 1, 1, 3])
     writer.add_token_merges(["a b"])
     writer.add_eos_token_id(3)
-    for name, array in tensors.items():
-        writer.add_tensor(name, array)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    finish_gguf(writer, tensors)
     return path
 
 

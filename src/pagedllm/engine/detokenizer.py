@@ -22,7 +22,10 @@ Stop strings (semantics):
   the engine calls ``flush()`` to get the held-back text (and any undecodable trailing bytes, as
   U+FFFD, exactly as a full decode shows them).
 * Invariant: the concatenation of all deltas plus ``flush()`` equals ``output_text``; without a
-  stop hit that is ``tokenizer.decode(output_ids, skip_special_tokens=...)``.
+  stop hit that is ``tokenizer.decode(output_ids, skip_special_tokens=...)``, except that a
+  SentencePiece vocabulary with a space prefix (Llama 2 style) keeps the first output token's
+  leading space, which a decode of the output alone strips: the text is the prompt's
+  continuation (``▁Paris`` streams " Paris"), as in vLLM.
 """
 
 from __future__ import annotations

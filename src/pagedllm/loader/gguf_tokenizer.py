@@ -1,9 +1,14 @@
 """Build a ``Tokenizer`` from the vocabulary a GGUF file carries in its metadata.
 
 A GGUF has no ``tokenizer.json``: llama.cpp stores the tokens, merges, token types and special
-ids under ``tokenizer.ggml.*``. We support byte-level BPE (``tokenizer.ggml.model == "gpt2"``,
-used by Llama 3, Qwen, SmolLM, ...) and pick the pre-tokenizer split regex from
-``tokenizer.ggml.pre`` the way transformers' GGUF converter (and llama.cpp) do.
+ids under ``tokenizer.ggml.*``. ``tokenizer.ggml.model`` says which kind of vocabulary it is:
+
+* ``gpt2``: byte-level BPE (Llama 3, Qwen, SmolLM, ...); the pre-tokenizer split regex comes
+  from ``tokenizer.ggml.pre`` the way transformers' GGUF converter (and llama.cpp) pick it.
+* ``llama``: SentencePiece (Llama 1/2, Mistral v0.1, Gemma 2/3, ...), built in
+  ``gguf_spm_tokenizer.py``.
+
+Any other kind (``t5`` Unigram, ``bert`` WordPiece, ``rwkv``, ...) is refused by name.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from tokenizers import AddedToken, Regex, decoders, pre_tokenizers, processors
 from tokenizers import Tokenizer as BackendTokenizer
 from tokenizers.models import BPE
 
+from .gguf_spm_tokenizer import build_spm_backend
 from .tokenizer import Tokenizer
 
 logger = logging.getLogger(__name__)
@@ -85,33 +91,28 @@ def _pre_tokenizer(pre: str | None) -> Any:
     return byte_level
 
 
-def _added_tokens(
-    tokens: list[str], token_types: list[int], alphabet: set[str]
-) -> list[AddedToken]:
-    """Control tokens become special added tokens, user-defined ones plain added tokens, so the
-    text ``<|im_start|>`` stays one token instead of being cut into bytes."""
-    added = []
-    for token, kind in zip(tokens, token_types, strict=False):
-        # A control token outside the byte alphabet is a llama.cpp mislabel; adding it would
-        # grow the vocabulary past the model's (transformers skips these too).
-        if kind == _TOKEN_CONTROL and set(token) <= alphabet:
-            added.append(AddedToken(token, normalized=False, special=True))
-        elif kind == _TOKEN_USER_DEFINED:
-            added.append(AddedToken(token, normalized=False, special=False))
-    return added
+def _add_tokens(backend: BackendTokenizer, meta: dict[str, Any], alphabet: set[str] | None) -> None:
+    """Control tokens become special added tokens, user-defined ones plain added tokens, all
+    matched whole in the raw text (as llama.cpp does), so ``<|im_start|>`` stays one token
+    instead of being cut into pieces.
 
-
-def build_gguf_tokenizer(meta: dict[str, Any], eos_token_ids: list[int]) -> Tokenizer:
-    """A ``Tokenizer`` from GGUF metadata (``tokenizer.ggml.*`` keys, values already decoded).
-
-    ``eos_token_ids`` are the ids that end generation, primary EOS first.
+    With a byte-level ``alphabet``, a control token spelled outside it is a llama.cpp mislabel;
+    adding it would grow the vocabulary past the model's (transformers skips these too).
     """
-    model = meta.get("tokenizer.ggml.model")
-    if model != "gpt2":
-        raise ValueError(
-            f"GGUF tokenizer type {model!r} is not supported (only byte-level BPE 'gpt2'); "
-            "pass tokenizer=<a Hugging Face directory with tokenizer.json> instead"
-        )
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    special, plain = [], []
+    for token, kind in zip(tokens, meta.get("tokenizer.ggml.token_type", []), strict=False):
+        if not token:
+            continue
+        if kind == _TOKEN_CONTROL and (alphabet is None or set(token) <= alphabet):
+            special.append(AddedToken(token, normalized=False, special=True))
+        elif kind == _TOKEN_USER_DEFINED:
+            plain.append(AddedToken(token, normalized=False, special=False))
+    backend.add_special_tokens(special)
+    backend.add_tokens(plain)  # add_special_tokens would mark them special (skipped in decode)
+
+
+def _byte_level_backend(meta: dict[str, Any]) -> BackendTokenizer:
     alphabet_table = _byte_alphabet()
     alphabet = set(alphabet_table.values())
     tokens: list[str] = meta["tokenizer.ggml.tokens"]
@@ -124,16 +125,55 @@ def build_gguf_tokenizer(meta: dict[str, Any], eos_token_ids: list[int]) -> Toke
     backend = BackendTokenizer(BPE(vocab=vocab, merges=merges, fuse_unk=False))
     backend.pre_tokenizer = _pre_tokenizer(meta.get("tokenizer.ggml.pre"))
     backend.decoder = decoders.ByteLevel()
-    backend.add_special_tokens(
-        _added_tokens(tokens, list(meta.get("tokenizer.ggml.token_type", [])), alphabet)
+    _add_tokens(backend, meta, alphabet)
+    return backend
+
+
+def _post_processor(tokens: list[str], bos_id: int | None, eos_id: int | None,
+                    add_bos: bool, add_eos: bool) -> Any:  # fmt: skip
+    """What ``encode(..., add_special_tokens=True)`` wraps around the text, or ``None``."""
+    head = [(tokens[bos_id], bos_id)] if add_bos and bos_id is not None else []
+    tail = [(tokens[eos_id], eos_id)] if add_eos and eos_id is not None else []
+    if not head and not tail:
+        return None
+    a = " ".join([t for t, _ in head] + ["$A"] + [t for t, _ in tail])
+    b = " ".join([t for t, _ in head] + ["$B"] + [t for t, _ in tail])
+    return processors.TemplateProcessing(
+        single=a, pair=f"{a} {b}", special_tokens=list(dict(head + tail).items())
     )
-    bos_id = meta.get("tokenizer.ggml.bos_token_id")
-    # Byte-level vocabularies add no BOS unless the file says so (SmolLM2 says False).
-    if meta.get("tokenizer.ggml.add_bos_token", False) and bos_id is not None:
-        bos = tokens[bos_id]
-        backend.post_processor = processors.TemplateProcessing(
-            single=f"{bos} $A", pair=f"{bos} $A {bos} $B", special_tokens=[(bos, bos_id)]
+
+
+def build_gguf_tokenizer(meta: dict[str, Any], eos_token_ids: list[int]) -> Tokenizer:
+    """A ``Tokenizer`` from GGUF metadata (``tokenizer.ggml.*`` keys, values already decoded).
+
+    ``eos_token_ids`` are the ids that end generation, primary EOS first.
+    """
+    model = meta.get("tokenizer.ggml.model")
+    if model == "gpt2":
+        backend = _byte_level_backend(meta)
+        # Byte-level vocabularies add no BOS unless the file says so (SmolLM2 says False).
+        add_bos_default = False
+    elif model == "llama":
+        backend = build_spm_backend(meta)
+        _add_tokens(backend, meta, None)
+        add_bos_default = True  # llama.cpp's default for SentencePiece vocabularies
+    else:
+        raise ValueError(
+            f"GGUF field tokenizer.ggml.model is {model!r}: only 'gpt2' (byte-level BPE) and "
+            "'llama' (SentencePiece) vocabularies are supported; pass tokenizer=<a Hugging Face "
+            "directory with tokenizer.json> instead"
         )
+    tokens: list[str] = meta["tokenizer.ggml.tokens"]
+    bos_id = meta.get("tokenizer.ggml.bos_token_id")
+    post = _post_processor(
+        tokens,
+        bos_id,
+        meta.get("tokenizer.ggml.eos_token_id"),
+        bool(meta.get("tokenizer.ggml.add_bos_token", add_bos_default)),
+        bool(meta.get("tokenizer.ggml.add_eos_token", False)),
+    )
+    if post is not None:
+        backend.post_processor = post
     return Tokenizer(
         backend,
         bos_token_id=bos_id,
