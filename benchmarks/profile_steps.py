@@ -122,9 +122,13 @@ def main() -> None:
         engine.step()
     out["prefill"] = profile_window(engine, args.window)
     print("prefill", json.dumps(out["prefill"], indent=1), flush=True)
+    step_ms = []  # every remaining prefill step's wall time: finds stalls (compiles) outside the window
     while _prefilling(engine):
+        t = time.perf_counter()
         engine.step()
-    _sync()
+        _sync()
+        step_ms.append(round((time.perf_counter() - t) * 1e3, 1))
+    out["prefill_step_ms"] = step_ms
     out["prefill_all_s"] = round(time.perf_counter() - t0, 3)
     out["prefill_tok_s"] = round(args.num_requests * args.prompt_len / out["prefill_all_s"])
     for _ in range(4):
