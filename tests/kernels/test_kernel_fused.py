@@ -30,10 +30,10 @@ import types
 
 import pytest
 import torch
-
 from fused_utils import assert_matches, torch_path
 from fused_utils import qkv_slices as _qkv
 from fused_utils import randn as _randn
+
 from pagedllm.attention.metadata import ForwardContext, set_forward_context
 from pagedllm.attention.torch_backend import TorchAttentionBackend
 from pagedllm.kernels.activation import silu_and_mul

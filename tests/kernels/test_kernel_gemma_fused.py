@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from fused_utils import assert_matches, qkv_slices, randn, torch_path
+
 from pagedllm.attention.metadata import ForwardContext, set_forward_context
 from pagedllm.attention.torch_backend import TorchAttentionBackend
 from pagedllm.kernels.activation import gelu_tanh_and_mul

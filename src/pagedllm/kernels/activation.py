@@ -26,9 +26,11 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels._common import interpreting
 from pagedllm.kernels._rounding import exp_f32, launch_options, round_to, tanh_f32
 
 _BLOCK = 1024  # columns per program: large enough to stream, small enough for many programs
+_INTERPRETER_ROWS = 16  # the interpreter's cost is per program, not per element
 # torch: constexpr float kBeta = M_SQRT2 * M_2_SQRTPI * 0.5 (a double rounded to float)
 _GELU_BETA = float(np.float32(math.sqrt(2.0) * (2.0 / math.sqrt(math.pi)) * 0.5))
 _GELU_KAPPA = float(np.float32(0.044715))
@@ -45,12 +47,15 @@ def _act_and_mul_kernel(
     n_cols,
     beta,
     kappa,
+    n_rows,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     ACT: tl.constexpr,
 ):
-    tok = tl.program_id(0).to(tl.int64)
-    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    # ROWS tokens per program: 1 on a GPU, more in the interpreter (its cost is per program)
+    tok = (tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS))[:, None]
+    cols = (tl.program_id(1) * BLOCK + tl.arange(0, BLOCK))[None, :]
+    mask = (tok < n_rows) & (cols < n_cols)
     dtype = x_ptr.dtype.element_ty
     row = x_ptr + tok * stride_xt
     gate = tl.load(row + cols, mask=mask, other=0.0).to(tl.float32)
@@ -94,7 +99,8 @@ def _act_and_mul(x: torch.Tensor, out: torch.Tensor | None, act: int) -> torch.T
         return out
     x2 = x.reshape(-1, x.shape[-1])  # a view unless >2-D and not viewable
     out2 = out.view(-1, n_cols)
-    _act_and_mul_kernel[(x2.shape[0], triton.cdiv(n_cols, _BLOCK))](
+    rows = _INTERPRETER_ROWS if interpreting() else 1
+    _act_and_mul_kernel[(triton.cdiv(x2.shape[0], rows), triton.cdiv(n_cols, _BLOCK))](
         x2,
         out2,
         x2.stride(0),
@@ -102,7 +108,9 @@ def _act_and_mul(x: torch.Tensor, out: torch.Tensor | None, act: int) -> torch.T
         n_cols,
         _GELU_BETA,
         _GELU_KAPPA,
+        x2.shape[0],
         BLOCK=_BLOCK,
+        ROWS=rows,
         ACT=act,
         **launch_options(_BLOCK),
     )

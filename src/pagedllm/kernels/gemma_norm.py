@@ -26,19 +26,22 @@ import torch
 import triton
 import triton.language as tl
 
+from pagedllm.kernels._common import interpreting
 from pagedllm.kernels._rounding import launch_options, round_to
 from pagedllm.kernels.fused_norm import _as_rows, _check
 
 _PLAIN, _ADD, _SCALE = 0, 1, 2
+_INTERPRETER_ROWS = 32  # the interpreter's cost is per program, not per row
 
 
 @triton.jit
 def _gemma_norm(v, w_ptr, cols, mask, inv_n, eps, DTYPE: tl.constexpr):
-    """Gemma RMSNorm of the float32 row ``v``, rounded to ``DTYPE`` (returned as float32)."""
+    """Gemma RMSNorm of the float32 rows ``v`` ``[ROWS, BLOCK]``, rounded to ``DTYPE``
+    (returned as float32)."""
     # torch's CUDA mean is sum * float32(1/N) (MeanOps' factor), not sum / N
-    rstd = tl.math.rsqrt(tl.sum(v * v, axis=0) * inv_n + eps)
+    rstd = tl.math.rsqrt(tl.sum(v * v, axis=1) * inv_n + eps)[:, None]
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
-    return round_to((v * rstd) * (1.0 + w), DTYPE)
+    return round_to((v * rstd) * (1.0 + w[None, :]), DTYPE)
 
 
 @triton.jit
@@ -49,6 +52,7 @@ def _gemma_norm_kernel(
     w2_ptr,
     out_ptr,
     sum_ptr,
+    n_rows,
     rows_per_outer,
     stride_xo,
     stride_xi,
@@ -61,32 +65,37 @@ def _gemma_norm_kernel(
     eps2,
     scale,
     BLOCK: tl.constexpr,
+    ROWS: tl.constexpr,
     MODE: tl.constexpr,
 ):
-    # One program per row. Rows are (outer, inner) so that per-head rows of a strided
-    # [T, heads, head_dim] view need no copy (plain mode); the residual and sum rows of the
-    # other modes are [T, hidden] with row stride ``stride_r``.
-    row = tl.program_id(0).to(tl.int64)
-    outer = row // rows_per_outer
-    inner = row % rows_per_outer
+    # ROWS rows per program (1 on a GPU; more in the interpreter, whose cost is per program).
+    # Rows are (outer, inner) so that per-head rows of a strided [T, heads, head_dim] view
+    # need no copy (plain mode); the residual and sum rows of the other modes are [T, hidden]
+    # with row stride ``stride_r``.
+    rows = tl.program_id(0).to(tl.int64) * ROWS + tl.arange(0, ROWS)
+    outer = (rows // rows_per_outer)[:, None]
+    inner = (rows % rows_per_outer)[:, None]
     cols = tl.arange(0, BLOCK)
-    mask = cols < n_cols
+    col_ok = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_ok[None, :]
     dtype = x_ptr.dtype.element_ty
-    x = tl.load(x_ptr + outer * stride_xo + inner * stride_xi + cols, mask=mask, other=0.0)
+    x = tl.load(x_ptr + outer * stride_xo + inner * stride_xi + cols[None, :], mask=mask, other=0.0)
     x = x.to(tl.float32)
     if MODE == 1:
         # residual + post_norm(x), in the model dtype; then the next norm of that sum
-        r = tl.load(res_ptr + row * stride_r + cols, mask=mask, other=0.0).to(tl.float32)
-        s = round_to(r + _gemma_norm(x, w_ptr, cols, mask, inv_n, eps, dtype), dtype)
-        tl.store(sum_ptr + row * stride_r + cols, s, mask=mask)
-        y = _gemma_norm(s, w2_ptr, cols, mask, inv_n, eps2, dtype)
+        offs = rows[:, None] * stride_r + cols[None, :]
+        r = tl.load(res_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        s = round_to(r + _gemma_norm(x, w_ptr, cols, col_ok, inv_n, eps, dtype), dtype)
+        tl.store(sum_ptr + offs, s, mask=mask)
+        y = _gemma_norm(s, w2_ptr, cols, col_ok, inv_n, eps2, dtype)
     elif MODE == 2:
+        offs = rows[:, None] * stride_r + cols[None, :]
         s = round_to(x * scale, dtype)  # embedding * normalizer
-        tl.store(sum_ptr + row * stride_r + cols, s, mask=mask)
-        y = _gemma_norm(s, w_ptr, cols, mask, inv_n, eps, dtype)
+        tl.store(sum_ptr + offs, s, mask=mask)
+        y = _gemma_norm(s, w_ptr, cols, col_ok, inv_n, eps, dtype)
     else:
-        y = _gemma_norm(x, w_ptr, cols, mask, inv_n, eps, dtype)
-    tl.store(out_ptr + outer * stride_oo + inner * stride_oi + cols, y, mask=mask)
+        y = _gemma_norm(x, w_ptr, cols, col_ok, inv_n, eps, dtype)
+    tl.store(out_ptr + outer * stride_oo + inner * stride_oi + cols[None, :], y, mask=mask)
 
 
 def gemma_rms_norm(
@@ -173,14 +182,17 @@ def _launch(
     """``x3``/``out3`` are ``[outer, inner, N]`` row views; ``res``/``summed`` contiguous
     ``[T, N]`` (unread in plain mode, where ``x3`` stands in for them)."""
     n_cols = x3.shape[-1]
+    n_rows = x3.shape[0] * x3.shape[1]
     block = triton.next_power_of_2(n_cols)
-    _gemma_norm_kernel[(x3.shape[0] * x3.shape[1],)](
+    rows = _INTERPRETER_ROWS if interpreting() else 1
+    _gemma_norm_kernel[(triton.cdiv(n_rows, rows),)](
         x3,
         res,
         weights[0],
         weights[1],
         out3,
         summed,
+        n_rows,
         x3.shape[1],
         x3.stride(0),
         x3.stride(1),
@@ -193,6 +205,7 @@ def _launch(
         eps[1],
         scale,
         BLOCK=block,
+        ROWS=rows,
         MODE=mode,
         **launch_options(block),
     )

@@ -17,6 +17,7 @@ from pagedllm.layers import _fused
 from pagedllm.layers.rmsnorm import GemmaRMSNorm
 from pagedllm.models.gemma2 import Gemma2ForCausalLM, GemmaAttention
 from pagedllm.models.llama import ModelArgs
+from pagedllm.models.qwen3 import fused_qk_norm_rotary
 
 
 class Gemma3Attention(GemmaAttention):
@@ -46,21 +47,7 @@ class Gemma3Attention(GemmaAttention):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not _fused.use_fused(q, "rotary"):
             return super().position_qk(positions, q, k)
-        from pagedllm.kernels.rotary import qk_norm_rotary
-
-        rope = self.rotary_emb
-        return qk_norm_rotary(
-            positions,
-            q,
-            k,
-            rope.cos_cache,
-            rope.sin_cache,
-            self.head_dim,
-            self.q_norm.weight,
-            self.k_norm.weight,
-            self.q_norm.eps,  # q_norm and k_norm share rms_norm_eps
-            gemma=True,
-        )
+        return fused_qk_norm_rotary(self, positions, q, k, gemma=True)
 
 
 class Gemma3ForCausalLM(Gemma2ForCausalLM):
