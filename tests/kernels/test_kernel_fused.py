@@ -30,6 +30,9 @@ import types
 
 import pytest
 import torch
+from fused_utils import assert_matches, torch_path
+from fused_utils import qkv_slices as _qkv
+from fused_utils import randn as _randn
 
 from pagedllm.attention.metadata import ForwardContext, set_forward_context
 from pagedllm.attention.torch_backend import TorchAttentionBackend
@@ -43,53 +46,6 @@ from pagedllm.layers.rotary import RotaryEmbedding
 
 DTYPES = [torch.float32, torch.bfloat16]
 MAX_POS = 4096
-
-
-def _ulps(actual: torch.Tensor, expected: torch.Tensor) -> torch.Tensor:
-    """Distance in units in the last place between two bf16 tensors (sign-aware)."""
-
-    def ordered(t: torch.Tensor) -> torch.Tensor:
-        bits = t.contiguous().view(torch.int16).to(torch.int32)
-        return torch.where(bits < 0, -(bits & 0x7FFF), bits)
-
-    return (ordered(actual) - ordered(expected)).abs()
-
-
-def assert_matches(
-    actual: torch.Tensor,
-    expected: torch.Tensor,
-    max_ulps: int = 0,
-    bf16_atol: float | None = None,
-    max_off: float = 0.02,
-) -> None:
-    """``max_ulps=0``: bit-exact. Else float32 within ~1e-6 relative, and bf16 at most
-    ``max_ulps`` ulps (or ``bf16_atol`` absolute) off, on at most ``max_off`` of the elements
-    (see the module docstring for why)."""
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    actual, expected = actual.cpu(), expected.cpu()
-    if max_ulps == 0:
-        torch.testing.assert_close(actual, expected, atol=0, rtol=0)
-    elif actual.dtype == torch.float32:
-        torch.testing.assert_close(actual, expected, atol=1e-6, rtol=2e-6)
-    else:
-        if bf16_atol is None:
-            ulps = _ulps(actual, expected)
-            assert ulps.max().item() <= max_ulps, f"{ulps.max().item()} bf16 ulps off"
-        else:
-            torch.testing.assert_close(actual, expected, atol=bf16_atol, rtol=0)
-        off = (actual != expected).float().mean().item()
-        assert off <= max_off, f"{off:.1%} of the elements differ"
-
-
-def _randn(gen: torch.Generator, *shape: int, scale: float = 1.0, shift: float = 0.0):
-    return torch.randn(*shape, generator=gen) * scale + shift
-
-
-def _qkv(gen, tokens, heads, kv_heads, head_dim, dtype, device):
-    """q, k (and v) as column slices of one fused qkv output, as the model produces them."""
-    qkv = _randn(gen, tokens, (heads + 2 * kv_heads) * head_dim, scale=2.0).to(dtype).to(device)
-    q_size, kv_size = heads * head_dim, kv_heads * head_dim
-    return qkv, *qkv.split([q_size, kv_size, kv_size], dim=-1)
 
 
 def _norm_layer(gen, size: int, dtype: torch.dtype, device) -> RMSNorm:
@@ -108,7 +64,8 @@ def test_rms_norm_matches_layer(device, dtype, hidden, tokens, with_residual) ->
     x = _randn(gen, tokens, hidden, scale=3.0).to(dtype).to(device)
     residual = _randn(gen, tokens, hidden).to(dtype).to(device) if with_residual else None
 
-    expected, expected_sum = layer(x, residual)
+    with torch_path():
+        expected, expected_sum = layer(x, residual)
     if residual is None:
         normed = rms_norm(x, layer.weight, layer.eps)
     else:
@@ -128,11 +85,13 @@ def test_rms_norm_per_head_on_qkv_slice(device, dtype, heads, head_dim) -> None:
     q3 = q.view(tokens, heads, head_dim)
     assert not q3.is_contiguous()
     out = torch.empty(tokens, heads, head_dim, dtype=dtype, device=device)
+    with torch_path():
+        expected = layer.normalize(q3)
 
     result = rms_norm(q3, layer.weight, layer.eps, out=out)
 
     assert result is out
-    assert_matches(out, layer.normalize(q3), max_ulps=2)
+    assert_matches(out, expected, max_ulps=2)
 
 
 def test_rms_norm_promotes_to_weight_dtype(device) -> None:
@@ -140,7 +99,8 @@ def test_rms_norm_promotes_to_weight_dtype(device) -> None:
     gen = torch.Generator().manual_seed(3)
     x = _randn(gen, 5, 64).to(torch.bfloat16).to(device)
     layer = _norm_layer(gen, 64, torch.float32, device)
-    expected = layer.normalize(x)
+    with torch_path():
+        expected = layer.normalize(x)
     assert expected.dtype == torch.float32
     assert_matches(rms_norm(x, layer.weight, layer.eps), expected, max_ulps=2)
 
@@ -156,7 +116,8 @@ def test_rotary_matches_layer(device, dtype, heads, kv_heads, head_dim, tokens) 
     _, q, k, _ = _qkv(gen, tokens, heads, kv_heads, head_dim, dtype, device)
     positions = torch.randint(0, MAX_POS, (tokens,), generator=gen).to(device)
 
-    expected_q, expected_k = rope(positions, q, k)
+    with torch_path():
+        expected_q, expected_k = rope(positions, q, k)
     out_q, out_k = apply_rotary(positions, q, k, rope.cos_cache, rope.sin_cache, head_dim)
 
     assert out_q.is_contiguous() and out_k.is_contiguous()
@@ -173,7 +134,8 @@ def test_rotary_in_place_leaves_v(device, dtype) -> None:
     qkv, q, k, v = _qkv(gen, tokens, heads, kv_heads, head_dim, dtype, device)
     positions = torch.randint(0, MAX_POS, (tokens,), generator=gen, dtype=torch.int32)
     positions = positions.to(device)
-    expected_q, expected_k = rope(positions.long(), q, k)
+    with torch_path():
+        expected_q, expected_k = rope(positions.long(), q, k)
     v_before = v.clone()
 
     out_q, out_k = apply_rotary(
@@ -201,9 +163,10 @@ def test_qk_norm_rotary_matches_qwen3_layers(
     _, q, k, _ = _qkv(gen, tokens, heads, kv_heads, head_dim, dtype, device)
     positions = torch.randint(0, MAX_POS, (tokens,), generator=gen).to(device)
 
-    normed_q = q_norm.normalize(q.view(tokens, heads, head_dim)).view(tokens, -1)
-    normed_k = k_norm.normalize(k.view(tokens, kv_heads, head_dim)).view(tokens, -1)
-    expected_q, expected_k = rope(positions, normed_q, normed_k)
+    with torch_path():
+        normed_q = q_norm.normalize(q.view(tokens, heads, head_dim)).view(tokens, -1)
+        normed_k = k_norm.normalize(k.view(tokens, kv_heads, head_dim)).view(tokens, -1)
+        expected_q, expected_k = rope(positions, normed_q, normed_k)
     out_q, out_k = qk_norm_rotary(
         positions,
         q,
@@ -228,10 +191,13 @@ def test_silu_and_mul_matches_layer(device, dtype, intermediate, tokens) -> None
     gen = torch.Generator().manual_seed(intermediate + tokens)
     x = _randn(gen, tokens, 2 * intermediate, scale=3.0).to(dtype).to(device)
 
+    with torch_path():
+        expected = SiluAndMul()(x)
+
     out = silu_and_mul(x)
 
     assert out.shape == (tokens, intermediate)
-    assert_matches(out, SiluAndMul()(x), max_ulps=1)
+    assert_matches(out, expected, max_ulps=1)
 
 
 def test_empty_batches(device) -> None:
@@ -282,7 +248,7 @@ def test_env_switch_disables_fused(monkeypatch) -> None:
     monkeypatch.setenv(_fused.DISABLE_ENV, "1")
     assert not any(_fused.use_fused(on_gpu, k) for k in _fused.KERNELS)
     monkeypatch.setenv(_fused.DISABLE_ENV, "sampler, rotary")
-    assert [_fused.use_fused(on_gpu, k) for k in _fused.KERNELS] == [True, False, True, False]
+    assert [_fused.use_fused(on_gpu, k) for k in _fused.KERNELS] == [True, False, True, True, False]
 
 
 def _tiny_qwen3(dtype: torch.dtype, device: torch.device):

@@ -64,3 +64,20 @@ def launch_options(elements: int) -> dict[str, int | bool]:
     """
     num_warps = min(max(triton.next_power_of_2(elements) // 256, 1), 16)
     return {"num_warps": num_warps, "enable_fp_fusion": False}
+
+
+@triton.jit
+def tanh_f32(x):
+    """float32 ``tanh`` as CUDA's ``tanhf`` (libdevice ``__nv_tanhf``, what torch calls).
+
+    The interpreter has no libdevice: there ``1 - 2 / (exp(2x) + 1)`` in float64 (so the
+    float32 result is nearly always the correctly rounded one, as ``tanhf`` is to ~1 ulp) on
+    ``x`` clamped to ``[-20, 20]`` (``tanh`` is +-1 in float32 beyond ~9; the clamp keeps
+    ``exp`` finite).
+    """
+    if _INTERPRETING:
+        c = tl.minimum(tl.maximum(x, -20.0), 20.0).to(tl.float64)
+        y = (1.0 - 2.0 / (tl.exp(2.0 * c) + 1.0)).to(tl.float32)
+    else:
+        y = libdevice.tanh(x)
+    return y

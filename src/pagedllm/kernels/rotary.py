@@ -1,5 +1,5 @@
 """Rotary position embedding (NeoX ``rotate_half``) for q and k in one Triton kernel, optionally
-preceded by Qwen3's per-head RMSNorm (``qk_norm_rotary``).
+preceded by Qwen3's or Gemma 3's per-head RMSNorm (``qk_norm_rotary``).
 
 The torch layer (``layers/rotary.py``) gathers cos/sin for the batch, casts them, and runs
 mul/neg/cat/mul/add separately for q and for k, each op a kernel reading and writing the
@@ -19,6 +19,7 @@ per-head norm rounds as ``kernels/fused_norm.py`` does.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import triton
 import triton.language as tl
@@ -40,10 +41,12 @@ def _norm_rotate_heads(
     sin1,
     sin2,
     eps,
+    inv_d,
     half,
     HALF_PAD: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NORM: tl.constexpr,
+    GEMMA: tl.constexpr,
 ):
     # src/dst point at this token's first head; heads [first_head, first_head + BLOCK_H).
     dtype = src.dtype.element_ty
@@ -55,11 +58,17 @@ def _norm_rotate_heads(
     x2 = tl.load(ptrs + half, mask=mask, other=0.0).to(tl.float32)
     if NORM:
         sum_sq = tl.sum(x1 * x1, axis=1) + tl.sum(x2 * x2, axis=1)
-        rstd = tl.math.rsqrt(sum_sq / (2 * half) + eps)[:, None]  # as in fused_norm.py
         w1 = tl.load(w_ptr + offs, mask=offs < half, other=0.0).to(tl.float32)[None, :]
         w2 = tl.load(w_ptr + half + offs, mask=offs < half, other=0.0).to(tl.float32)[None, :]
-        x1 = round_to(round_to(x1 * rstd, dtype) * w1, dtype)
-        x2 = round_to(round_to(x2 * rstd, dtype) * w2, dtype)
+        if GEMMA:
+            # as in gemma_norm.py: mean as sum * (1/D), (x * rstd) * (1 + w), one rounding
+            rstd = tl.math.rsqrt(sum_sq * inv_d + eps)[:, None]
+            x1 = round_to((x1 * rstd) * (1.0 + w1), dtype)
+            x2 = round_to((x2 * rstd) * (1.0 + w2), dtype)
+        else:
+            rstd = tl.math.rsqrt(sum_sq / (2 * half) + eps)[:, None]  # as in fused_norm.py
+            x1 = round_to(round_to(x1 * rstd, dtype) * w1, dtype)
+            x2 = round_to(round_to(x2 * rstd, dtype) * w2, dtype)
     # torch: x*cos + rotate_half(x)*sin, every op rounded to the activation dtype.
     out1 = round_to(round_to(x1 * cos1, dtype) - round_to(x2 * sin1, dtype), dtype)
     out2 = round_to(round_to(x2 * cos2, dtype) + round_to(x1 * sin2, dtype), dtype)
@@ -94,9 +103,11 @@ def _rotary_kernel(
     q_blocks,
     half,
     eps,
+    inv_d,
     HALF_PAD: tl.constexpr,
     BLOCK_H: tl.constexpr,
     NORM: tl.constexpr,
+    GEMMA: tl.constexpr,
 ):
     tok = tl.program_id(0).to(tl.int64)
     blk = tl.program_id(1)
@@ -125,10 +136,12 @@ def _rotary_kernel(
             sin1,
             sin2,
             eps,
+            inv_d,
             half,
             HALF_PAD,
             BLOCK_H,
             NORM,
+            GEMMA,
         )
     else:
         _norm_rotate_heads(
@@ -144,10 +157,12 @@ def _rotary_kernel(
             sin1,
             sin2,
             eps,
+            inv_d,
             half,
             HALF_PAD,
             BLOCK_H,
             NORM,
+            GEMMA,
         )
 
 
@@ -208,15 +223,18 @@ def qk_norm_rotary(
     k_weight: torch.Tensor,
     eps: float,
     inplace: bool = False,
+    gemma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Qwen3: per-head RMSNorm (``q_weight``/``k_weight`` ``[D]``, dtype of q) then RoPE.
 
-    Same as ``rms_norm`` over each head followed by ``apply_rotary``, in one launch.
+    Same as ``rms_norm`` over each head followed by ``apply_rotary``, in one launch. With
+    ``gemma=True`` the norm is Gemma 3's (``gemma_norm.gemma_rms_norm``: scaled by
+    ``1 + weight`` in float32 before the one cast).
     """
     _check_weight("q_weight", q_weight, head_dim, q.dtype)
     _check_weight("k_weight", k_weight, head_dim, q.dtype)
     return _launch(
-        positions, q, k, cos_cache, sin_cache, head_dim, inplace, (q_weight, k_weight, eps)
+        positions, q, k, cos_cache, sin_cache, head_dim, inplace, (q_weight, k_weight, eps), gemma
     )
 
 
@@ -229,6 +247,7 @@ def _launch(
     head_dim: int,
     inplace: bool,
     norm: tuple[torch.Tensor, torch.Tensor, float] | None,
+    gemma: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if head_dim % 2:
         raise ValueError(f"head_dim must be even, got {head_dim}")
@@ -283,9 +302,11 @@ def _launch(
         q_blocks,
         half,
         eps,
+        float(np.float32(1.0) / np.float32(head_dim)),  # torch's CUDA mean factor (Gemma)
         HALF_PAD=half_pad,
         BLOCK_H=block_h,
         NORM=norm is not None,
+        GEMMA=gemma,
         **launch_options(block_h * half_pad),
     )
     return q_out, k_out

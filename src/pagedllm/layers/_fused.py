@@ -1,6 +1,7 @@
 """Whether a layer runs its fused Triton kernel (``pagedllm.kernels``) or its torch ops.
 
-The fused kernels (RMSNorm with the residual add, RoPE with Qwen3's q/k norm, SiLU-and-mul)
+The fused kernels (RMSNorm with the residual add, Gemma's RMSNorm with the residual stream
+around it, RoPE with Qwen3's / Gemma 3's q/k norm, SiLU- and GELU-and-mul)
 replace chains of small memory-bound torch ops on the GPU. The torch code stays as the CPU path
 and as the reference the kernels are tested against; ``PAGEDLLM_DISABLE_FUSED_KERNELS=1``
 forces it on the GPU too, and ``=sampler,rotary`` (names from ``KERNELS``) only for those (to
@@ -17,7 +18,7 @@ import torch
 DISABLE_ENV = "PAGEDLLM_DISABLE_FUSED_KERNELS"
 
 
-KERNELS = ("rmsnorm", "rotary", "silu_and_mul", "sampler")
+KERNELS = ("rmsnorm", "rotary", "silu_and_mul", "gelu_and_mul", "sampler")
 
 
 def use_fused(x: torch.Tensor, kernel: str) -> bool:

@@ -4,7 +4,9 @@ Differences from Llama, as Hugging Face's ``modeling_gemma2`` computes them:
 
 * RMSNorm scales by ``1 + weight`` in float32 before casting back (``GemmaRMSNorm``);
 * four norms per layer: input, post-attention, pre-feed-forward and post-feed-forward, each
-  branch's output normalized *before* its residual add (so no fused residual+norm here);
+  branch's output normalized *before* its residual add; the residual stream is carried with
+  its next norm already applied (``GemmaRMSNorm.add_to``: branch post-norm, add, next norm,
+  one Triton kernel on CUDA), the embedding scale fused into the first norm;
 * the embedding is multiplied by ``sqrt(hidden_size)`` rounded to the model dtype;
 * attention scale ``query_pre_attn_scalar ** -0.5`` and scores soft-capped as
   ``cap * tanh(score / cap)`` (``attn_logit_softcapping``), final logits likewise
@@ -28,24 +30,9 @@ from pagedllm.layers.activation import GeluTanhAndMul
 from pagedllm.layers.attention import Attention
 from pagedllm.layers.embedding import ParallelLMHead, VocabParallelEmbedding
 from pagedllm.layers.linear import ColumnParallelLinear, RowParallelLinear
+from pagedllm.layers.rmsnorm import GemmaRMSNorm
 from pagedllm.layers.rotary import RotaryEmbedding
 from pagedllm.models.llama import LlamaAttention, LlamaForCausalLM, ModelArgs
-
-
-class GemmaRMSNorm(nn.Module):
-    """``x / rms(x) * (1 + weight)``, computed in float32 and cast back (HF Gemma's order)."""
-
-    def __init__(self, hidden_size: int, eps: float, dtype: torch.dtype, device: Any) -> None:
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(
-            torch.zeros(hidden_size, dtype=dtype, device=device), requires_grad=False
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (out * (1.0 + self.weight.float())).to(x.dtype)
 
 
 def gemma_args(cfg: dict[str, Any]) -> tuple[ModelArgs, dict[str, float]]:
@@ -134,11 +121,23 @@ class GemmaDecoderLayer(nn.Module):
         self.pre_feedforward_layernorm = GemmaRMSNorm(size, eps, dtype, device)
         self.post_feedforward_layernorm = GemmaRMSNorm(size, eps, dtype, device)
 
-    def forward(self, positions: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
-        branch = self.self_attn(positions, self.input_layernorm(hidden))
-        hidden = hidden + self.post_attention_layernorm(branch)
-        branch = self.mlp(self.pre_feedforward_layernorm(hidden))
-        return hidden + self.post_feedforward_layernorm(branch)
+    def forward(
+        self,
+        positions: torch.Tensor,
+        hidden: torch.Tensor,
+        normed: torch.Tensor,
+        next_norm: GemmaRMSNorm,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``hidden`` is the residual stream and ``normed`` its ``input_layernorm`` (computed
+        where ``hidden`` was, fused with the add). Returns ``(next_norm(out), out)`` for this
+        layer's output stream ``out``; ``next_norm`` is the next layer's input norm or the
+        final norm."""
+        branch = self.self_attn(positions, normed)
+        normed, hidden = self.post_attention_layernorm.add_to(
+            branch, hidden, self.pre_feedforward_layernorm
+        )
+        branch = self.mlp(normed)
+        return self.post_feedforward_layernorm.add_to(branch, hidden, next_norm)
 
 
 class GemmaModel(nn.Module):
@@ -155,10 +154,11 @@ class GemmaModel(nn.Module):
         self.normalizer = float(torch.tensor(math.sqrt(args.hidden_size), dtype=dtype))
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        hidden = self.embed_tokens(input_ids) * self.normalizer
-        for layer in self.layers:
-            hidden = layer(positions, hidden)
-        return self.norm(hidden)
+        norms = [layer.input_layernorm for layer in self.layers] + [self.norm]
+        normed, hidden = norms[0].scale_then(self.embed_tokens(input_ids), self.normalizer)
+        for layer, next_norm in zip(self.layers, norms[1:], strict=True):
+            normed, hidden = layer(positions, hidden, normed, next_norm)
+        return normed
 
 
 class Gemma2ForCausalLM(LlamaForCausalLM):

@@ -3,7 +3,8 @@
 Five local (sliding-window) layers per global one by default (``layer_types``, or the older
 ``sliding_window_pattern``); local layers use ``rope_local_base_freq`` (10k), global ones
 ``rope_theta`` (1M) plus any rope scaling. q and k are RMS-normalized per head (``1 + weight``)
-before RoPE. Soft-capping is off unless the config sets it.
+before RoPE (on CUDA the norms and RoPE are one Triton kernel, ``kernels/rotary.py``).
+Soft-capping is off unless the config sets it.
 """
 
 from __future__ import annotations
@@ -12,8 +13,11 @@ from typing import Any
 
 import torch
 
-from pagedllm.models.gemma2 import Gemma2ForCausalLM, GemmaAttention, GemmaRMSNorm
+from pagedllm.layers import _fused
+from pagedllm.layers.rmsnorm import GemmaRMSNorm
+from pagedllm.models.gemma2 import Gemma2ForCausalLM, GemmaAttention
 from pagedllm.models.llama import ModelArgs
+from pagedllm.models.qwen3 import fused_qk_norm_rotary
 
 
 class Gemma3Attention(GemmaAttention):
@@ -37,6 +41,13 @@ class Gemma3Attention(GemmaAttention):
         q = self.q_norm(q.view(n, self.num_heads, self.head_dim)).view(n, self.q_size)
         k = self.k_norm(k.view(n, self.num_kv_heads, self.head_dim)).view(n, self.kv_size)
         return q, k
+
+    def position_qk(
+        self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        if not _fused.use_fused(q, "rotary"):
+            return super().position_qk(positions, q, k)
+        return fused_qk_norm_rotary(self, positions, q, k, gemma=True)
 
 
 class Gemma3ForCausalLM(Gemma2ForCausalLM):

@@ -37,20 +37,33 @@ class Qwen3Attention(LlamaAttention):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         if not _fused.use_fused(q, "rotary"):
             return super().position_qk(positions, q, k)
-        from pagedllm.kernels.rotary import qk_norm_rotary
+        return fused_qk_norm_rotary(self, positions, q, k)
 
-        rope = self.rotary_emb
-        return qk_norm_rotary(
-            positions,
-            q,
-            k,
-            rope.cos_cache,
-            rope.sin_cache,
-            self.head_dim,
-            self.q_norm.weight,
-            self.k_norm.weight,
-            self.q_norm.eps,  # q_norm and k_norm share rms_norm_eps
-        )
+
+def fused_qk_norm_rotary(
+    attn: LlamaAttention,
+    positions: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    gemma: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``attn``'s ``q_norm``/``k_norm`` and RoPE as one kernel (``kernels/rotary.py``); Gemma
+    3's norm with ``gemma=True``. Only for CUDA tensors (the kernel module imports triton)."""
+    from pagedllm.kernels.rotary import qk_norm_rotary
+
+    rope = attn.rotary_emb
+    return qk_norm_rotary(
+        positions,
+        q,
+        k,
+        rope.cos_cache,
+        rope.sin_cache,
+        attn.head_dim,
+        attn.q_norm.weight,
+        attn.k_norm.weight,
+        attn.q_norm.eps,  # q_norm and k_norm share rms_norm_eps
+        gemma=gemma,
+    )
 
 
 class Qwen3ForCausalLM(LlamaForCausalLM):
