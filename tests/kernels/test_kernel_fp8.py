@@ -79,23 +79,31 @@ def test_cache_write_rounds_like_torch(device: torch.device) -> None:
     assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
 
 
-@pytest.mark.parametrize("dtype,num_splits", [(F32, 1), (BF16, 3)])
-def test_decode_fp8_matches_dense(device: torch.device, dtype: torch.dtype, num_splits: int):
+def _check_decode(device, dtype, num_heads, num_splits, seed, **kw):
+    """Decode over fp8 pages (scales != 1) against the dense reference; returns what the
+    oracle needs: (case, query, out, scale)."""
     lens = [1, 9, 40, 77]
-    case = make_paged_case(lens, 16, NUM_KV_HEADS, 64, F32, device, seed=4)
+    case = make_paged_case(lens, 16, NUM_KV_HEADS, 64, F32, device, seed=seed)
     case, scale = _fp8_case(case, F32)
-    query = torch.randn(len(lens), 8, 64, generator=torch.Generator().manual_seed(2))
+    query = torch.randn(len(lens), num_heads, 64, generator=torch.Generator().manual_seed(seed))
     query = query.to(dtype).to(device)
     out = torch.full_like(query, float("nan"))
     paged_decode_attention(
         query, case.kv_cache, case.block_tables, case.seq_lens, 0.125, num_splits, out=out,
-        kv_scale=scale,
+        kv_scale=scale, **kw,
     )  # fmt: skip
     for i in range(len(lens)):
         ref = dense_reference(query[i : i + 1], case.keys[i], case.values[i], 0.125)[0]
         torch.testing.assert_close(out[i].float(), ref, **tolerance(dtype))
+    return case, query, out, scale
+
+
+@pytest.mark.parametrize("dtype,num_splits", [(F32, 1), (BF16, 3)])
+def test_decode_fp8_matches_dense(device: torch.device, dtype: torch.dtype, num_splits: int):
+    case, query, out, scale = _check_decode(device, dtype, 8, num_splits, seed=4)
     # the torch path (the CPU engine) agrees on the same pages
-    meta = make_metadata(case, [1] * len(lens), len(lens), torch.zeros(0, dtype=torch.long))
+    n = query.shape[0]
+    meta = make_metadata(case, [1] * n, n, torch.zeros(0, dtype=torch.long))
     oracle = TorchAttentionBackend().forward(query.cpu(), case.kv_cache.cpu(),
                                              _to_cpu(meta), 0.125, kv_scale=scale.cpu())  # fmt: skip
     torch.testing.assert_close(out.cpu().float(), oracle.float(), **tolerance(dtype))
@@ -106,19 +114,7 @@ def test_decode_fp8_matches_dense(device: torch.device, dtype: torch.dtype, num_
 def test_decode_fp8_variants_match_dense(device: torch.device, fp8_path: str, cvt_bits: bool):
     """Every way of multiplying fp8 pages under a bf16 query (benchmarks/fp8_kernel_variants.py
     times them) gives the same attention; 2 query heads per KV head as in Qwen3."""
-    lens = [1, 9, 40, 77]
-    case = make_paged_case(lens, 16, NUM_KV_HEADS, 64, F32, device, seed=5)
-    case, scale = _fp8_case(case, F32)
-    query = torch.randn(len(lens), 4, 64, generator=torch.Generator().manual_seed(6))
-    query = query.to(BF16).to(device)
-    out = torch.full_like(query, float("nan"))
-    paged_decode_attention(
-        query, case.kv_cache, case.block_tables, case.seq_lens, 0.125, 2, out=out, block_n=32,
-        kv_scale=scale, fp8_path=fp8_path, fp8_cvt_bits=cvt_bits,
-    )  # fmt: skip
-    for i in range(len(lens)):
-        ref = dense_reference(query[i : i + 1], case.keys[i], case.values[i], 0.125)[0]
-        torch.testing.assert_close(out[i].float(), ref, **tolerance(BF16))
+    _check_decode(device, BF16, 4, 2, seed=5, block_n=32, fp8_path=fp8_path, fp8_cvt_bits=cvt_bits)
 
 
 def test_decode_rejects_an_unknown_fp8_path(device: torch.device) -> None:

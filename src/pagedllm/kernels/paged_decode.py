@@ -258,7 +258,7 @@ def paged_decode_attention(
     num_warps: int = 4,
     num_stages: int = 2,
     kv_scale: torch.Tensor | None = None,
-    fp8_path: str = "dot",
+    fp8_path: str = "dot_kt",
     fp8_cvt_bits: bool = False,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its paged context.
@@ -277,7 +277,12 @@ def paged_decode_attention(
     ``dot_kt`` too but reads K as ``[d, keys]`` so the tile leaves shared memory already in
     the dot's operand layout, ``fma`` uses no tensor cores (fp32 products and sums over the
     GQA group's few rows). ``fp8_cvt_bits`` converts e4m3 by bit manipulation instead of the
-    hardware conversion (``kernels/_fp8.py``).
+    hardware conversion (``kernels/_fp8.py``). Default ``dot_kt``: cross-compiled for sm_90
+    (triton 3.6 and 3.9, ``benchmarks/kernel_ir.py``) it is the ``dot`` code without the
+    byte-wise relayout of K; the CUDA-core path costs ~900 shuffles per tile (Triton spreads
+    d over the lanes) and the bit conversion ~4x the instructions of ``cvt``; the remaining gap
+    to bf16 is V (8-bit MMA operands along keys come out of shared memory one byte at a time)
+    and registers (141 vs 72 per thread: 3 instead of 5 programs per SM).
     """
     num_seqs, num_heads, head_dim = query.shape
     out = torch.empty_like(query) if out is None else out
@@ -291,7 +296,9 @@ def paged_decode_attention(
         raise ValueError(f"fp8_path must be one of {sorted(FP8_PATHS)}; got {fp8_path!r}")
     path = FP8_PATHS[fp8_path] if kv_f16 else 0
     # tensor-core dots need 16 rows; the CUDA-core path only pays for the group's own rows
-    group_pad = triton.next_power_of_2(group) if path == 2 else max(16, triton.next_power_of_2(group))
+    group_pad = (
+        triton.next_power_of_2(group) if path == 2 else max(16, triton.next_power_of_2(group))
+    )
     if block_n is None:
         block_n = 64
     partial_shape = (num_seqs, num_heads, num_splits) if num_splits > 1 else (1,)
