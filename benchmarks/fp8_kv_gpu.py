@@ -67,10 +67,22 @@ def _paged_case(num_seqs: int, ctx: int, bs: int, kvh: int, d: int):
     return cache, tables, build_metadata
 
 
+def decode_case(num_seqs: int, ctx: int, bs: int, kvh: int, qh: int, d: int, sms: int):
+    """bf16 pages, the same pages in fp8, decode metadata, a bf16 query and the split heuristic
+    for ``num_seqs`` sequences of ``ctx`` tokens."""
+    from pagedllm.attention.metadata import build_metadata
+    from pagedllm.kernels import default_num_splits
+
+    cache16, tables, _ = _paged_case(num_seqs, ctx, bs, kvh, d)
+    meta = build_metadata([1] * num_seqs, [ctx] * num_seqs, tables, bs, DEV)
+    q = torch.randn(num_seqs, qh, d, dtype=torch.bfloat16, device=DEV)
+    return cache16, quantize(cache16, None), meta, q, default_num_splits(num_seqs, kvh, ctx, sms)
+
+
 @section("decode_kernel")
 def decode_kernel(smoke: bool) -> dict:
     from pagedllm.attention.torch_backend import TorchAttentionBackend
-    from pagedllm.kernels import default_num_splits, paged_decode_attention
+    from pagedllm.kernels import paged_decode_attention
 
     bs, kvh, qh, d = 16, 8, 16, 128
     shapes = [(2, 64), (1, 96)] if smoke else [(8, 32000), (1, 128000)]
@@ -79,11 +91,7 @@ def decode_kernel(smoke: bool) -> dict:
     scale_t = default_kv_scale(DEV)
     out: dict = {}
     for num_seqs, ctx in shapes:
-        cache16, tables, build_metadata = _paged_case(num_seqs, ctx, bs, kvh, d)
-        cache8 = quantize(cache16, None)
-        meta = build_metadata([1] * num_seqs, [ctx] * num_seqs, tables, bs, DEV)
-        q = torch.randn(num_seqs, qh, d, dtype=torch.bfloat16, device=DEV)
-        heuristic = default_num_splits(num_seqs, kvh, ctx, sms)
+        cache16, cache8, meta, q, heuristic = decode_case(num_seqs, ctx, bs, kvh, qh, d, sms)
         row: dict = {"heuristic_splits": heuristic}
         for name, cache, kv_scale in (("bf16", cache16, None), ("fp8", cache8, scale_t)):
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import triton
+import triton.language as tl
 
 from kernel_utils import (
     PagedCase,
@@ -20,6 +22,8 @@ from kernel_utils import (
 from pagedllm.attention.kv_quant import FP8_DTYPE, dequantize, quantize
 from pagedllm.attention.torch_backend import TorchAttentionBackend
 from pagedllm.kernels import paged_decode_attention, paged_extend_attention, reshape_and_cache
+from pagedllm.kernels._fp8 import e4m3_to_f16_bits
+from pagedllm.kernels.paged_decode import FP8_PATHS
 
 F32, BF16 = torch.float32, torch.bfloat16
 NUM_KV_HEADS = 2
@@ -75,26 +79,67 @@ def test_cache_write_rounds_like_torch(device: torch.device) -> None:
     assert torch.equal(got.view(torch.uint8), expected.view(torch.uint8))
 
 
-@pytest.mark.parametrize("dtype,num_splits", [(F32, 1), (BF16, 3)])
-def test_decode_fp8_matches_dense(device: torch.device, dtype: torch.dtype, num_splits: int):
+def _check_decode(device, dtype, num_heads, num_splits, seed, **kw):
+    """Decode over fp8 pages (scales != 1) against the dense reference; returns what the
+    oracle needs: (case, query, out, scale)."""
     lens = [1, 9, 40, 77]
-    case = make_paged_case(lens, 16, NUM_KV_HEADS, 64, F32, device, seed=4)
+    case = make_paged_case(lens, 16, NUM_KV_HEADS, 64, F32, device, seed=seed)
     case, scale = _fp8_case(case, F32)
-    query = torch.randn(len(lens), 8, 64, generator=torch.Generator().manual_seed(2))
+    query = torch.randn(len(lens), num_heads, 64, generator=torch.Generator().manual_seed(seed))
     query = query.to(dtype).to(device)
     out = torch.full_like(query, float("nan"))
     paged_decode_attention(
         query, case.kv_cache, case.block_tables, case.seq_lens, 0.125, num_splits, out=out,
-        kv_scale=scale,
+        kv_scale=scale, **kw,
     )  # fmt: skip
     for i in range(len(lens)):
         ref = dense_reference(query[i : i + 1], case.keys[i], case.values[i], 0.125)[0]
         torch.testing.assert_close(out[i].float(), ref, **tolerance(dtype))
+    return case, query, out, scale
+
+
+@pytest.mark.parametrize("dtype,num_splits", [(F32, 1), (BF16, 3)])
+def test_decode_fp8_matches_dense(device: torch.device, dtype: torch.dtype, num_splits: int):
+    case, query, out, scale = _check_decode(device, dtype, 8, num_splits, seed=4)
     # the torch path (the CPU engine) agrees on the same pages
-    meta = make_metadata(case, [1] * len(lens), len(lens), torch.zeros(0, dtype=torch.long))
+    n = query.shape[0]
+    meta = make_metadata(case, [1] * n, n, torch.zeros(0, dtype=torch.long))
     oracle = TorchAttentionBackend().forward(query.cpu(), case.kv_cache.cpu(),
                                              _to_cpu(meta), 0.125, kv_scale=scale.cpu())  # fmt: skip
     torch.testing.assert_close(out.cpu().float(), oracle.float(), **tolerance(dtype))
+
+
+@pytest.mark.parametrize("fp8_path", sorted(FP8_PATHS))
+@pytest.mark.parametrize("cvt_bits", [False, True])
+def test_decode_fp8_variants_match_dense(device: torch.device, fp8_path: str, cvt_bits: bool):
+    """Every way of multiplying fp8 pages under a bf16 query (benchmarks/fp8_kernel_variants.py
+    times them) gives the same attention; 2 query heads per KV head as in Qwen3."""
+    _check_decode(device, BF16, 4, 2, seed=5, block_n=32, fp8_path=fp8_path, fp8_cvt_bits=cvt_bits)
+
+
+def test_decode_rejects_an_unknown_fp8_path(device: torch.device) -> None:
+    case = make_paged_case([3], 16, NUM_KV_HEADS, 64, F32, device, seed=5)
+    query = torch.zeros(1, 4, 64, device=device)
+    with pytest.raises(ValueError, match="fp8_path"):
+        paged_decode_attention(query, case.kv_cache, case.block_tables, case.seq_lens, 0.1,
+                               fp8_path="mma")  # fmt: skip
+
+
+@triton.jit
+def _convert_bits(src, dst):
+    offs = tl.arange(0, 256)
+    tl.store(dst + offs, e4m3_to_f16_bits(tl.load(src + offs)))
+
+
+def test_e4m3_bit_conversion_is_exact(device: torch.device) -> None:
+    """All 254 finite e4m3 bytes (subnormals and both zeros included) -> fp16 by bits."""
+    raw = torch.arange(256, dtype=torch.uint8)
+    finite = (raw & 0x7F) != 0x7F
+    src = raw.view(FP8_DTYPE).to(device)
+    dst = torch.empty(256, dtype=torch.float16, device=device)
+    _convert_bits[(1,)](src, dst)
+    got, want = dst.cpu()[finite], raw.view(FP8_DTYPE)[finite].to(torch.float16)
+    assert torch.equal(got.view(torch.int16), want.view(torch.int16))  # -0.0 stays -0.0
 
 
 @pytest.mark.parametrize("dtype", [F32, BF16])

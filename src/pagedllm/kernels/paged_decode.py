@@ -21,9 +21,12 @@ import triton
 import triton.language as tl
 
 from pagedllm.kernels._common import dot_options, fp16_dots_for_fp8
+from pagedllm.kernels._fp8 import fp8_tile_to_f16
 from pagedllm.kernels._softcap import soft_cap
 
 LOG2E = math.log2(math.e)
+# How attention over float8 pages under a bf16 query multiplies (see paged_decode_attention).
+FP8_PATHS = {"dot": 0, "dot_kt": 1, "fma": 2}
 
 
 # Values that change from step to step are not specialized on (Triton would compile a
@@ -65,6 +68,8 @@ def _decode_split_kernel(
     KV_CAST: tl.constexpr,
     HAS_SCALE: tl.constexpr,
     KV_F16: tl.constexpr,
+    FP8_PATH: tl.constexpr,
+    CVT_BITS: tl.constexpr,
 ):
     seq = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -91,9 +96,9 @@ def _decode_split_kernel(
         mask=gmask[:, None],
         other=0.0,
     )
-    if DOT_FP32:
+    if DOT_FP32 or FP8_PATH == 2:
         q = q.to(tl.float32)
-    if KV_F16:  # fp8 pages under a bf16 query: both dots in fp16 (see the wrapper)
+    if KV_F16 and FP8_PATH != 2:  # fp8 pages, bf16 query: both dots in fp16 (see the wrapper)
         q = tl.clamp(q.to(tl.float32), -65504.0, 65504.0).to(tl.float16)
 
     m_i = tl.full([GROUP_PAD], float("-inf"), dtype=tl.float32)
@@ -108,12 +113,22 @@ def _decode_split_kernel(
         blk = tl.load(bt_row + offs_n // BLOCK_SIZE, mask=nmask, other=0).to(tl.int64)
         rows = blk * stride_cb + (offs_n % BLOCK_SIZE) * stride_cs
         kv_offs = rows[:, None] + offs_d[None, :]
-        k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
-        if KV_CAST:  # fp8 (or another float) pages: convert in registers, same dot as bf16
-            k = k.to(q.dtype)
-        if DOT_FP32:
-            k = k.to(tl.float32)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+        if FP8_PATH == 1:  # K read as [d, keys]: the dot's B operand in its own layout
+            kt = tl.load(k_base + offs_d[:, None] + rows[None, :], mask=nmask[None, :], other=0.0)
+            kt = fp8_tile_to_f16(kt, CVT_BITS)
+            s = tl.dot(q, kt, input_precision=DOT_PRECISION) * qk_scale
+        elif FP8_PATH == 2:  # CUDA cores: the group has few rows, products and sums in fp32
+            k = fp8_tile_to_f16(tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0), CVT_BITS)
+            s = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], 2) * qk_scale
+        else:
+            k = tl.load(k_base + kv_offs, mask=nmask[:, None], other=0.0)
+            if KV_F16:
+                k = fp8_tile_to_f16(k, CVT_BITS)
+            elif KV_CAST:  # other float pages: convert in registers, same dot as bf16
+                k = k.to(q.dtype)
+            if DOT_FP32:
+                k = k.to(tl.float32)
+            s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
         if HAS_SOFTCAP:
             s = soft_cap(s, softcap)
         s = tl.where(nmask[None, :], s, float("-inf"))
@@ -122,11 +137,17 @@ def _decode_split_kernel(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(k_base + stride_ckv + kv_offs, mask=nmask[:, None], other=0.0)
-        if KV_CAST:
+        if KV_F16:
+            v = fp8_tile_to_f16(v, CVT_BITS)
+        elif KV_CAST:
             v = v.to(q.dtype)
         if DOT_FP32:
             v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        if FP8_PATH == 2:
+            pv = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], 1)
+        else:
+            pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + pv
         m_i = m_new
     if HAS_SCALE:  # the output is linear in V: apply v_scale once (partials too)
         acc = acc * tl.load(scale_ptr + 1)
@@ -237,6 +258,8 @@ def paged_decode_attention(
     num_warps: int = 4,
     num_stages: int = 2,
     kv_scale: torch.Tensor | None = None,
+    fp8_path: str = "dot_kt",
+    fp8_cvt_bits: bool = False,
 ) -> torch.Tensor:
     """Attention of one query token per sequence over its paged context.
 
@@ -248,6 +271,18 @@ def paged_decode_attention(
     read (pages before it may be the null block); ``softcap`` caps scores as
     ``softcap * tanh(score / softcap)`` (Gemma 2). A float8 ``kv_cache`` is dequantized on
     load with ``kv_scale`` (float32 ``[2]``: K, V; None: 1.0), accumulating in float32.
+
+    ``fp8_path`` picks how float8 pages under a bf16 query are multiplied (``FP8_PATHS``;
+    ignored for other page dtypes): ``dot`` converts the tiles to fp16 for tensor-core dots,
+    ``dot_kt`` too but reads K as ``[d, keys]`` so the tile leaves shared memory already in
+    the dot's operand layout, ``fma`` uses no tensor cores (fp32 products and sums over the
+    GQA group's few rows). ``fp8_cvt_bits`` converts e4m3 by bit manipulation instead of the
+    hardware conversion (``kernels/_fp8.py``). Default ``dot_kt``: cross-compiled for sm_90
+    (triton 3.6 and 3.9, ``benchmarks/kernel_ir.py``) it is the ``dot`` code without the
+    byte-wise relayout of K; the CUDA-core path costs ~900 shuffles per tile (Triton spreads
+    d over the lanes) and the bit conversion ~4x the instructions of ``cvt``; the remaining gap
+    to bf16 is V (8-bit MMA operands along keys come out of shared memory one byte at a time)
+    and registers (141 vs 72 per thread: 3 instead of 5 programs per SM).
     """
     num_seqs, num_heads, head_dim = query.shape
     out = torch.empty_like(query) if out is None else out
@@ -257,6 +292,13 @@ def paged_decode_attention(
     group = num_heads // num_kv_heads
     kv_f16 = fp16_dots_for_fp8(kv_cache.dtype, query.dtype)
     precision, upcast = dot_options(torch.float16 if kv_f16 else query.dtype)
+    if fp8_path not in FP8_PATHS:
+        raise ValueError(f"fp8_path must be one of {sorted(FP8_PATHS)}; got {fp8_path!r}")
+    path = FP8_PATHS[fp8_path] if kv_f16 else 0
+    # tensor-core dots need 16 rows; the CUDA-core path only pays for the group's own rows
+    group_pad = (
+        triton.next_power_of_2(group) if path == 2 else max(16, triton.next_power_of_2(group))
+    )
     if block_n is None:
         block_n = 64
     partial_shape = (num_seqs, num_heads, num_splits) if num_splits > 1 else (1,)
@@ -294,7 +336,7 @@ def paged_decode_attention(
         block_tables.stride(0),
         NUM_HEADS=num_heads,
         NUM_GROUP=group,
-        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        GROUP_PAD=group_pad,
         HEAD_DIM=head_dim,
         BLOCK_SIZE=block_size,
         BLOCK_N=block_n,
@@ -306,6 +348,8 @@ def paged_decode_attention(
         KV_CAST=kv_cache.dtype != query.dtype,
         HAS_SCALE=kv_scale is not None,
         KV_F16=kv_f16,
+        FP8_PATH=path,
+        CVT_BITS=fp8_cvt_bits and kv_f16,
         num_warps=num_warps,
         num_stages=num_stages,
     )
