@@ -107,9 +107,11 @@ class AsyncLLMEngine:
     @classmethod
     def from_config(cls, config: Any, metrics: Any | None = None, **limits: Any) -> AsyncLLMEngine:
         """Build the engine (loads the model: slow) and wrap it (``limits``: see __init__)."""
-        from pagedllm.engine.llm_engine import LLMEngine
+        from pagedllm.engine.llm_engine import LLMEngine, freeze_startup_objects
 
-        return cls(LLMEngine.from_config(config), metrics=metrics, **limits)
+        engine = LLMEngine.from_config(config)
+        freeze_startup_objects(engine)  # the in-process server: one engine for its life
+        return cls(engine, metrics=metrics, **limits)
 
     # ----------------------------------------------------------------- properties
     @property

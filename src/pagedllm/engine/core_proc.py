@@ -101,10 +101,11 @@ class EngineCore:
     def __init__(
         self, config: Any, commands: zmq.Socket, outs: list[zmq.Socket], parent_pid: int
     ) -> None:
-        from pagedllm.engine.llm_engine import LLMEngine
+        from pagedllm.engine.llm_engine import LLMEngine, freeze_startup_objects
 
         start = time.perf_counter()
         self.engine = LLMEngine.from_config(config)
+        freeze_startup_objects(self.engine)  # one engine for the process's life
         self.ready_seconds = time.perf_counter() - start
         self.commands = commands
         self.outs = outs
