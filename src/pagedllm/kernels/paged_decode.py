@@ -300,7 +300,11 @@ def paged_decode_attention(
         triton.next_power_of_2(group) if path == 2 else max(16, triton.next_power_of_2(group))
     )
     if block_n is None:
-        block_n = 64
+        # fp8 pages: 128-key tiles keep twice the bytes in flight per program; on the H200 the
+        # default dot_kt path with 128-key tiles ran 1.10x (8 x 32k), 1.38x (1 x 128k) and 1.48x
+        # (256 x 700) the speed of bf16 pages, 64-key tiles 0.83-1.35x
+        # (benchmarks/results/fp8_kernel_variants_h200.json). The interpreter keeps 64.
+        block_n = 128 if kv_f16 and query.is_cuda else 64
     partial_shape = (num_seqs, num_heads, num_splits) if num_splits > 1 else (1,)
     part_m = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
     part_l = torch.empty(partial_shape, dtype=torch.float32, device=query.device)
