@@ -74,10 +74,16 @@ class _EngineCollector(Collector):
 
 
 class ServerMetrics:
-    """Latency histograms fed by the async engine, rendered with the engine's stats."""
+    """Latency histograms fed by the async engine, rendered with the engine's stats.
 
-    def __init__(self, model_name: str) -> None:
+    ``front_end`` (``--api-server-count`` > 1): the histograms carry a ``front_end`` label,
+    because they count only the requests this front-end process served; the engine series stay
+    unlabelled, they are the one engine core's (every front end gets the same stats).
+    """
+
+    def __init__(self, model_name: str, front_end: int | None = None) -> None:
         self.model_name = model_name
+        self.front_end = front_end
         self.registry = CollectorRegistry()
         self._engine = _EngineCollector(model_name)
         self.registry.register(self._engine)
@@ -96,11 +102,14 @@ class ServerMetrics:
         )
 
     def _histograms(self, name: str, help_text: str, buckets: tuple[float, ...]) -> list[Histogram]:
+        labels, values = ["model_name"], [self.model_name]
+        if self.front_end is not None:
+            labels.append("front_end")
+            values.append(str(self.front_end))
         return [
             Histogram(
-                f"{prefix}:{name}", help_text, ["model_name"], registry=self.registry,
-                buckets=buckets,
-            ).labels(self.model_name)
+                f"{prefix}:{name}", help_text, labels, registry=self.registry, buckets=buckets,
+            ).labels(*values)
             for prefix in ("pagedllm", "vllm")
         ]  # fmt: skip
 
