@@ -162,6 +162,21 @@ def client_main(host: str, port: int, streams: int, max_tokens: int, seconds: fl
     q.put(out)
 
 
+def profiled_front_end(path: str, *args) -> None:
+    """Front end under cProfile (its event loop: the main thread); stats written at exit."""
+    import cProfile
+
+    from pagedllm.entrypoints.openai.front_ends import front_end_main
+
+    profile = cProfile.Profile()
+    try:
+        profile.runcall(front_end_main, *args)
+    except SystemExit:
+        pass
+    finally:
+        profile.dump_stats(path)
+
+
 # --------------------------------------------------------------------------- orchestration
 def _cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -190,8 +205,11 @@ def measure(count: int, args: argparse.Namespace) -> dict:
     fronts, pipes = [], []
     for i in range(count):
         receiver, sender = ctx.Pipe(duplex=False)
-        front = ctx.Process(target=front_end_main,
-                            args=(serve_args, addresses, i, core.pid, "127.0.0.1", port, sender))  # fmt: skip
+        fe_args = (serve_args, addresses, i, core.pid, "127.0.0.1", port, sender)
+        if args.profile and i == 0:
+            front = ctx.Process(target=profiled_front_end, args=(args.profile, *fe_args))
+        else:
+            front = ctx.Process(target=front_end_main, args=fe_args)
         front.start()
         fronts.append(front)
         pipes.append(receiver)
@@ -212,7 +230,7 @@ def measure(count: int, args: argparse.Namespace) -> dict:
         core_cpu = _cpu_seconds(core.pid) - core_cpu0
     finally:
         for front in fronts:
-            front.send_signal(signal.SIGTERM) if hasattr(front, "send_signal") else front.terminate()
+            os.kill(front.pid, signal.SIGTERM)
         for front in fronts:
             front.join(30)
         core.kill()
@@ -255,6 +273,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=15.0, help="seconds measured per run")
     parser.add_argument("--client-procs", type=int, default=1, help="client processes")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
+    parser.add_argument("--profile", default=None, help="cProfile front end 0 into this file")
     args = parser.parse_args()
     rows = []
     for count in [int(x) for x in args.api_servers.split(",")]:

@@ -58,9 +58,10 @@ class FrontRequest:
     def apply(self, wire: WireOutput) -> RequestOutput:
         """Fold one step's delta in; return the output the in-process engine would have."""
         completions = []
-        beam = any(c.score is not None for c in wire.completions)
+        beam = _is_beam(wire)
+        samples = self.samples
         for c in wire.completions:
-            sample = self._sample(c.index)
+            sample = samples.get(c.index) or self._sample(c.index)
             delta_text = c.delta_text
             if beam:  # whole sequences, once
                 sample.token_ids, sample.text = list(c.delta_token_ids), c.delta_text
@@ -69,11 +70,13 @@ class FrontRequest:
             else:
                 delta_ids = c.delta_token_ids
                 sample.token_ids.extend(delta_ids)
-                if sample.detokenizer is not None:
-                    delta_text = sample.detokenizer.add_tokens(delta_ids)[0] if delta_ids else ""
-                    if c.finish_reason in ("stop", "length"):
-                        delta_text += sample.detokenizer.flush()
-                sample.text += delta_text
+                detokenizer = sample.detokenizer
+                if detokenizer is not None:
+                    delta_text = detokenizer.add_tokens(delta_ids)[0] if delta_ids else ""
+                    if c.finish_reason is not None and c.finish_reason in ("stop", "length"):
+                        delta_text += detokenizer.flush()
+                if delta_text:
+                    sample.text += delta_text
             if sample.logprobs is not None and c.delta_logprobs:
                 sample.logprobs.extend(c.delta_logprobs)
             completions.append(
@@ -105,3 +108,12 @@ class FrontRequest:
             metrics=metrics,
             error=wire.error,
         )
+
+
+def _is_beam(wire: WireOutput) -> bool:
+    """Beam search's outputs carry scores (whole sequences, not deltas); a loop, not ``any()``
+    over a generator: this runs once per request per engine step."""
+    for c in wire.completions:
+        if c.score is not None:
+            return True
+    return False
