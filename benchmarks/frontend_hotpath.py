@@ -98,9 +98,7 @@ def fake_core(addresses, step_s: float) -> None:
             completion = wire.WireCompletion(0, [pool[produced % len(pool)]], "", None, None,
                                              "length" if done else None, None, None)  # fmt: skip
             metrics = (arrival, arrival, arrival, now if done else None, 0, 0)
-            per_client[client].append(
-                wire.WireOutput(rid, [completion], done, None, None, metrics)
-            )
+            per_client[client].append(wire.WireOutput(rid, [completion], done, None, None, metrics))
             if done:
                 del running[rid]
         for client, sock in enumerate(outs):
