@@ -43,8 +43,10 @@ _TEXT = (
 
 
 # ----------------------------------------------------------------------------- fake core
-def fake_core(addresses, step_s: float) -> None:
-    """Process target: the core protocol with a token per running request per step."""
+def fake_core(addresses, step_s: float, preset: str | None = None) -> None:
+    """Process target: the core protocol with a token per running request per step.
+    ``preset``: that preset's tokenizer (a placeholder spelling id i as ``<i>``, as
+    ``bench serve --preset NAME --dummy`` serves), else the bundled SmolLM2's."""
     import msgspec
     import zmq
 
@@ -52,9 +54,15 @@ def fake_core(addresses, step_s: float) -> None:
     from pagedllm.entrypoints.startup import StartupSummary
     from pagedllm.loader.source import load_model_source
 
-    source = load_model_source(None)
+    if preset:
+        from pagedllm.benchmark.workloads import preset_path
+
+        source = load_model_source(preset_path(preset), "dummy")
+        pool = list(range(1000, 1512))
+    else:
+        source = load_model_source(None)
+        pool = list(source.tokenizer.encode(_TEXT * 4, add_special_tokens=False))
     tokenizer = source.tokenizer
-    pool = list(tokenizer.encode(_TEXT * 4, add_special_tokens=False))
     ctx = zmq.Context()
     commands = ctx.socket(zmq.PULL)
     commands.bind(addresses.commands)
@@ -192,7 +200,7 @@ def measure(count: int, args: argparse.Namespace) -> dict:
     workdir = tempfile.mkdtemp(prefix="pagedllm-fe-bench-")
     addresses = CoreAddresses(f"ipc://{workdir}/commands",
                               [f"ipc://{workdir}/out{i}" for i in range(count)], os.getpid())  # fmt: skip
-    core = ctx.Process(target=fake_core, args=(addresses, args.step_ms / 1e3))
+    core = ctx.Process(target=fake_core, args=(addresses, args.step_ms / 1e3, args.preset))
     core.start()
     reserved = make_server_socket("127.0.0.1", 0, reuse_port=True)
     port = reserved.getsockname()[1]
@@ -272,6 +280,7 @@ def main() -> None:
     parser.add_argument("--client-procs", type=int, default=1, help="client processes")
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     parser.add_argument("--profile", default=None, help="cProfile front end 0 into this file")
+    parser.add_argument("--preset", default=None, help="this preset's (placeholder) tokenizer")
     args = parser.parse_args()
     rows = []
     for count in [int(x) for x in args.api_servers.split(",")]:

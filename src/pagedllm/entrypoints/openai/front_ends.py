@@ -167,6 +167,8 @@ def front_end_main(args: argparse.Namespace, addresses: Any, index: int, core_pi
     from pagedllm.entrypoints.openai.server import serve_on, server_limits
 
     _die_with_parent(addresses.parent_pid)
+    # Ctrl-C reaches the whole process group; the supervisor turns it into our SIGTERM
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(
         level=args.log_level.upper(),
         format=f"%(asctime)s %(levelname)s %(name)s[{index}]: %(message)s",
