@@ -41,6 +41,8 @@ class FrontRequest:
     decode_here: bool
     tokenizer: Any
     samples: dict[int, _Sample] = field(default_factory=dict)
+    _wire_metrics: tuple | None = None  # the last metrics received, and their RequestMetrics
+    _metrics: RequestMetrics | None = None
 
     def _sample(self, index: int) -> _Sample:
         sample = self.samples.get(index)
@@ -79,35 +81,25 @@ class FrontRequest:
                     sample.text += delta_text
             if sample.logprobs is not None and c.delta_logprobs:
                 sample.logprobs.extend(c.delta_logprobs)
-            completions.append(
-                CompletionOutput(
-                    index=c.index,
-                    text=sample.text,
-                    token_ids=list(sample.token_ids),
-                    cumulative_logprob=c.cumulative_logprob,
-                    logprobs=sample.logprobs,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                    delta_text=delta_text,
-                    delta_token_ids=delta_ids,
-                    delta_logprobs=c.delta_logprobs if sample.logprobs is not None else None,
-                    score=c.score,
-                )
-            )
-        metrics = None
-        if wire.metrics is not None:
-            arrival, scheduled, first, finished, cached, preemptions = wire.metrics
-            metrics = RequestMetrics(arrival, scheduled, first, None, finished, cached, preemptions)
+            # positional arguments (field order of ``outputs.py``): keyword construction of
+            # these slotted dataclasses costs twice as much, once per request per engine step
+            out = CompletionOutput(
+                c.index, sample.text, list(sample.token_ids), c.cumulative_logprob,
+                sample.logprobs, c.finish_reason, c.stop_reason, delta_text, delta_ids,
+                c.delta_logprobs if sample.logprobs is not None else None, c.score,
+            )  # fmt: skip
+            completions.append(out)
+        if wire.metrics != self._wire_metrics:  # the same tuple step after step while decoding
+            self._wire_metrics = wire.metrics
+            self._metrics = None
+            if wire.metrics is not None:
+                arrival, scheduled, first, finished, cached, preemptions = wire.metrics
+                self._metrics = RequestMetrics(arrival, scheduled, first, None, finished, cached,
+                                               preemptions)  # fmt: skip
         return RequestOutput(
-            request_id=wire.request_id,
-            prompt=self.prompt,
-            prompt_token_ids=self.prompt_token_ids,
-            outputs=completions,
-            finished=wire.finished,
-            prompt_logprobs=wire.prompt_logprobs,
-            metrics=metrics,
-            error=wire.error,
-        )
+            wire.request_id, self.prompt, self.prompt_token_ids, completions, wire.finished,
+            wire.prompt_logprobs, self._metrics, wire.error,
+        )  # fmt: skip
 
 
 def _is_beam(wire: WireOutput) -> bool:
