@@ -126,6 +126,7 @@ def fake_core(addresses, step_s: float, preset: str | None = None) -> None:
 # ------------------------------------------------------------------------------- clients
 async def _stream_loop(host: str, port: int, body: bytes, deadline: float, out: dict) -> None:
     while time.monotonic() < deadline:
+        sent = time.monotonic()
         reader, writer = await asyncio.open_connection(host, port)
         writer.write(body)
         last = None
@@ -137,7 +138,10 @@ async def _stream_loop(host: str, port: int, body: bytes, deadline: float, out: 
             now = time.monotonic()
             if last is not None:
                 out["gaps"].append(now - last)
-            last = now
+            elif b"data: " in chunk:
+                out["ttfts"].append(now - sent)
+            if b"data: " in chunk or last is not None:
+                last = now
             data += chunk
         writer.close()
         match = re.search(rb'"completion_tokens":(\d+)', data)
@@ -155,16 +159,16 @@ def client_main(host: str, port: int, streams: int, max_tokens: int, seconds: fl
                           "stream_options": {"include_usage": True}}).encode()  # fmt: skip
     body = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
             b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(payload)) + payload  # fmt: skip
-    out = {"tokens": 0, "events": 0, "requests": 0, "failed": 0, "gaps": []}
+    out = {"tokens": 0, "events": 0, "requests": 0, "failed": 0, "gaps": [], "ttfts": []}
 
     async def run() -> None:
         deadline = time.monotonic() + seconds
         await asyncio.gather(*(_stream_loop(host, port, body, deadline, out)
                                for _ in range(streams)))  # fmt: skip
 
-    start = time.monotonic()
+    start, cpu = time.monotonic(), time.process_time()
     asyncio.run(run())
-    out["start"], out["end"] = start, time.monotonic()
+    out["start"], out["end"], out["cpu"] = start, time.monotonic(), time.process_time() - cpu
     q.put(out)
 
 
@@ -246,15 +250,18 @@ def measure(count: int, args: argparse.Namespace) -> dict:
     wall = max(p["end"] for p in parts) - min(p["start"] for p in parts)
     tokens = sum(p["tokens"] for p in parts)
     gaps = sorted(g for p in parts for g in p["gaps"])
+    ttfts = [t for p in parts for t in p["ttfts"]]
     return {
         "api_servers": count, "streams": args.streams, "step_ms": args.step_ms,
         "offered_tok_s": args.streams * 1e3 / args.step_ms,
         "output_tok_s": tokens / wall, "events_s": sum(p["events"] for p in parts) / wall,
         "requests": sum(p["requests"] for p in parts),
         "failed": sum(p["failed"] for p in parts),
+        "ttft_p50_ms": statistics.median(ttfts) * 1e3 if ttfts else None,
         "read_gap_p50_ms": statistics.median(gaps) * 1e3 if gaps else None,
         "read_gap_p99_ms": gaps[int(0.99 * (len(gaps) - 1))] * 1e3 if gaps else None,
         "front_end_cpu_s": cpu, "core_cpu_s": core_cpu, "wall_s": wall,
+        "client_cpu_s": sum(p["cpu"] for p in parts),
         "front_end_us_per_token": 1e6 * sum(cpu) / tokens if tokens else None,
     }  # fmt: skip
 
