@@ -51,6 +51,7 @@ def fake_core(addresses, step_s: float, preset: str | None = None) -> None:
     import zmq
 
     from pagedllm.engine import core_protocol as wire
+    from pagedllm.engine.core_proc import core_sockets
     from pagedllm.entrypoints.startup import StartupSummary
     from pagedllm.loader.source import load_model_source
 
@@ -63,15 +64,7 @@ def fake_core(addresses, step_s: float, preset: str | None = None) -> None:
         source = load_model_source(None)
         pool = list(source.tokenizer.encode(_TEXT * 4, add_special_tokens=False))
     tokenizer = source.tokenizer
-    ctx = zmq.Context()
-    commands = ctx.socket(zmq.PULL)
-    commands.bind(addresses.commands)
-    outs = []
-    for address in addresses.outputs:
-        sock = ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, 0)
-        sock.connect(address)
-        outs.append(sock)
+    _ctx, commands, outs = core_sockets(addresses)
     summary = StartupSummary(source.name, "fake core", "fake", "cpu", "none", 1, 16, 0, 4096,
                              False, 0, 0, "recompute", 0.0)  # fmt: skip
     info = {"model_name": source.name, "max_model_len": 4096, "vocab_size": 49152,
