@@ -73,11 +73,34 @@ class _EngineCollector(Collector):
                 yield metric
 
 
-class ServerMetrics:
-    """Latency histograms fed by the async engine, rendered with the engine's stats."""
+class _Aliased(Collector):
+    """A ``pagedllm:`` histogram, also written as the same series under ``vllm:``."""
 
-    def __init__(self, model_name: str) -> None:
+    def __init__(self, histogram: Histogram) -> None:
+        self.histogram = histogram
+
+    def collect(self) -> Iterator[Metric]:
+        for metric in self.histogram.collect():
+            yield metric
+            alias = Metric(metric.name.replace("pagedllm:", "vllm:", 1), metric.documentation,
+                           metric.type)  # fmt: skip
+            alias.samples = [
+                s._replace(name=s.name.replace("pagedllm:", "vllm:", 1)) for s in metric.samples
+            ]
+            yield alias
+
+
+class ServerMetrics:
+    """Latency histograms fed by the async engine, rendered with the engine's stats.
+
+    ``front_end`` (``--api-server-count`` > 1): the histograms carry a ``front_end`` label,
+    because they count only the requests this front-end process served; the engine series stay
+    unlabelled, they are the one engine core's (every front end gets the same stats).
+    """
+
+    def __init__(self, model_name: str, front_end: int | None = None) -> None:
         self.model_name = model_name
+        self.front_end = front_end
         self.registry = CollectorRegistry()
         self._engine = _EngineCollector(model_name)
         self.registry.register(self._engine)
@@ -95,26 +118,25 @@ class ServerMetrics:
             "e2e_request_latency_seconds", "Time from request arrival to its end.", E2E_BUCKETS
         )
 
-    def _histograms(self, name: str, help_text: str, buckets: tuple[float, ...]) -> list[Histogram]:
-        return [
-            Histogram(
-                f"{prefix}:{name}", help_text, ["model_name"], registry=self.registry,
-                buckets=buckets,
-            ).labels(self.model_name)
-            for prefix in ("pagedllm", "vllm")
-        ]  # fmt: skip
+    def _histograms(self, name: str, help_text: str, buckets: tuple[float, ...]) -> Any:
+        labels, values = ["model_name"], [self.model_name]
+        if self.front_end is not None:
+            labels.append("front_end")
+            values.append(str(self.front_end))
+        # one histogram, written under both prefixes at scrape time (_Aliased): an observation
+        # per token per stream is the hot path, so it is made once, not once per prefix
+        hist = Histogram(f"pagedllm:{name}", help_text, labels, registry=None, buckets=buckets)
+        self.registry.register(_Aliased(hist))
+        return hist.labels(*values)
 
     def observe_ttft(self, seconds: float) -> None:
-        for hist in self.ttft:
-            hist.observe(seconds)
+        self.ttft.observe(seconds)
 
     def observe_itl(self, seconds: float) -> None:
-        for hist in self.itl:
-            hist.observe(seconds)
+        self.itl.observe(seconds)
 
     def observe_e2e(self, seconds: float) -> None:
-        for hist in self.e2e:
-            hist.observe(seconds)
+        self.e2e.observe(seconds)
 
     def render(self, stats: Any | None) -> str:
         """The whole /metrics page for the engine's latest ``EngineStats``."""

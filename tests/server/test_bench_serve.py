@@ -57,14 +57,15 @@ def test_bench_throughput_shows_progress(monkeypatch, capsys, tmp_path):
 
 
 def test_bench_serve_launches_the_server_and_runs_the_workload_offline(tmp_path, capsys):
-    """--model-path: a server with the engine core in its own process, token-id prompts from
-    two client processes, then the same workload offline, in one call."""
+    """--model-path: a server with the engine core in its own process and two front ends,
+    token-id prompts from two client processes, then the same workload offline, in one call."""
     (tmp_path / "config.json").write_text(json.dumps(TINY_QWEN3))
     out_file = tmp_path / "bench.json"
     code = main(
         ["bench", "serve", "--model-path", str(tmp_path), "--dummy",
          "--serve-args", "--device cpu --dtype float32 --kv-cache-memory 64MiB",
-         "--engine-modes", "on", "--concurrency", "2", "--num-prompts", "4",
+         "--engine-modes", "on", "--api-server-counts", "2", "--concurrency", "2",
+         "--num-prompts", "4",
          "--prompt-ids", "5,20", "--max-tokens", "4", "--client-procs", "2",
          "--out", str(out_file)]
     )  # fmt: skip
@@ -72,7 +73,19 @@ def test_bench_serve_launches_the_server_and_runs_the_workload_offline(tmp_path,
     result = json.loads(out_file.read_text())
     (row,) = result["results"]
     assert row["engine_process"] == "on" and row["client_procs"] == 2
+    assert row["api_server_count"] == 2
     assert row["completed"] == 4 and row["output_tokens"] == 16
     assert result["broken_streams"] == 0
     assert result["offline"]["requests"] == 4 and result["offline"]["output_tok_s"] > 0
     assert row["offline_ratio"] > 0 and "ttft p50" in capsys.readouterr().out
+
+
+def test_bench_serve_sweeps_engine_modes_and_front_end_counts() -> None:
+    import pytest
+
+    from pagedllm.entrypoints.openai.bench_launch import server_variants
+
+    assert server_variants("on", "1,4") == [("on", 1), ("on", 4)]
+    assert server_variants("on,off", "1") == [("on", 1), ("off", 1)]
+    with pytest.raises(ValueError, match="need the engine mode on"):
+        server_variants("on,off", "1,2")

@@ -399,7 +399,10 @@ class AsyncLLMEngine:
         timing = self._timing.get(out.request_id)
         if timing is None:
             return
-        new_tokens = max((len(c.delta_token_ids) for c in out.outputs), default=0)
+        new_tokens = 0
+        for c in out.outputs:  # a loop, not max() over a generator: once per request per step
+            if len(c.delta_token_ids) > new_tokens:
+                new_tokens = len(c.delta_token_ids)
         if new_tokens and self.metrics is not None:
             if timing.last_token is None:
                 self.metrics.observe_ttft(now - timing.arrival)

@@ -21,6 +21,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import shutil
 import sys
 import tempfile
@@ -103,21 +104,10 @@ class AsyncMPEngine(AsyncLLMEngine):
         cls, config: Any, metrics: Any | None = None, log_level: str = "INFO", **limits: Any
     ) -> AsyncMPEngine:
         """Start the engine-core process, wait until its engine is ready, connect to it."""
-        workdir = tempfile.mkdtemp(prefix="pagedllm-core-")  # 0700: only we reach the sockets
-        addresses = CoreAddresses(
-            commands=f"ipc://{workdir}/commands",
-            outputs=[f"ipc://{workdir}/out0"],
-            parent_pid=os.getpid(),
-            log_level=log_level,
-        )
+        process, addresses, workdir = start_core(config, 1, log_level)
         ctx = zmq.Context()
         outputs = ctx.socket(zmq.PULL)
         outputs.bind(addresses.outputs[0])
-        # spawn: a fresh interpreter (no forked CUDA or thread state)
-        process = multiprocessing.get_context("spawn").Process(
-            target=run_engine_core, args=(config, addresses), name="pagedllm-engine-core"
-        )
-        _start_without_main(process)
         try:
             info = wait_ready(outputs, process)
         except BaseException:
@@ -126,11 +116,32 @@ class AsyncMPEngine(AsyncLLMEngine):
             ctx.term()
             shutil.rmtree(workdir, ignore_errors=True)
             raise
-        commands = ctx.socket(zmq.PUSH)
-        commands.setsockopt(zmq.SNDHWM, 0)
-        commands.setsockopt(zmq.LINGER, 1000)
-        commands.connect(addresses.commands)
+        commands = _command_socket(ctx, addresses.commands)
         return cls(process, ctx, commands, outputs, info, workdir, metrics=metrics, **limits)
+
+    @classmethod
+    def connect(
+        cls, addresses: CoreAddresses, client_index: int, core_pid: int,
+        metrics: Any | None = None, **limits: Any,
+    ) -> AsyncMPEngine:  # fmt: skip
+        """Join a core another process started (``--api-server-count``: one front end of
+        several). This front end owns output socket ``client_index``; it neither stops the core
+        on shutdown nor removes its socket directory (the supervisor does both)."""
+        process = CoreRef(core_pid)
+        ctx = zmq.Context()
+        outputs = ctx.socket(zmq.PULL)
+        outputs.bind(addresses.outputs[client_index])
+        try:
+            info = wait_ready(outputs, process)
+        except BaseException:
+            outputs.close(linger=0)
+            ctx.term()
+            process.close()
+            raise
+        commands = _command_socket(ctx, addresses.commands)
+        engine = cls(process, ctx, commands, outputs, info, "", client_index, metrics, **limits)
+        engine._owns_process = False
+        return engine
 
     # ----------------------------------------------------------------- state
     @property
@@ -244,7 +255,8 @@ class AsyncMPEngine(AsyncLLMEngine):
             return
         self._dead = True
         self._accepting = False
-        message = f"the engine core process died (exit code {exitcode})"
+        how = f"exit code {exitcode}" if exitcode is not None else f"pid {self.process.pid}"
+        message = f"the engine core process died ({how})"
         self.last_error = message
         logger.error("%s; failing %d in-flight requests", message, len(self._streams))
         for rid, stream in list(self._streams.items()):
@@ -263,20 +275,76 @@ class AsyncMPEngine(AsyncLLMEngine):
         """Stats arrive from the core; nothing to read here."""
 
     def shutdown(self, timeout: float = 30.0) -> None:
-        """Stop the core (after its current step) and the reader; safe to call twice."""
+        """Stop the core (after its current step; only the front end that started it) and the
+        reader; safe to call twice."""
         self._accepting = False
         if self._closing.is_set():
             return
-        if self.process.is_alive():
+        if self._owns_process and self.process.is_alive():
             self._send(wire.SHUTDOWN, b"")
         self._closing.set()
-        _stop_process(self.process, timeout)
+        if self._owns_process:
+            _stop_process(self.process, timeout)
         if self._reader is not None and self._reader is not threading.current_thread():
             self._reader.join(2.0)
-        self._cmd.close(linger=0)
+        self._cmd.close(linger=0 if self._owns_process else 1000)  # aborts still reach the core
         self._out.close(linger=0)
         self._ctx.term()
-        shutil.rmtree(self._workdir, ignore_errors=True)
+        if self._owns_process:
+            shutil.rmtree(self._workdir, ignore_errors=True)
+        else:
+            self.process.close()
+
+
+def start_core(
+    config: Any, num_clients: int, log_level: str = "INFO"
+) -> tuple[Any, CoreAddresses, str]:
+    """Spawn the engine-core process with ``num_clients`` output sockets (one per front end);
+    returns (process, addresses, socket directory). It announces ``ready`` on every output."""
+    workdir = tempfile.mkdtemp(prefix="pagedllm-core-")  # 0700: only we reach the sockets
+    addresses = CoreAddresses(
+        commands=f"ipc://{workdir}/commands",
+        outputs=[f"ipc://{workdir}/out{i}" for i in range(num_clients)],
+        parent_pid=os.getpid(),
+        log_level=log_level,
+    )
+    # spawn: a fresh interpreter (no forked CUDA or thread state)
+    process = multiprocessing.get_context("spawn").Process(
+        target=run_engine_core, args=(config, addresses), name="pagedllm-engine-core"
+    )
+    start_without_main(process)
+    return process, addresses, workdir
+
+
+def _command_socket(ctx: zmq.Context, address: str) -> zmq.Socket:
+    commands = ctx.socket(zmq.PUSH)
+    commands.setsockopt(zmq.SNDHWM, 0)
+    commands.setsockopt(zmq.LINGER, 1000)
+    commands.connect(address)
+    return commands
+
+
+class CoreRef:
+    """A core process this process did not start (so no ``multiprocessing`` sentinel): a Linux
+    pidfd, readable once the process exits, polled by the reader like a sentinel."""
+
+    exitcode = None  # only the parent can read it
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.sentinel = os.pidfd_open(pid)  # ProcessLookupError if it is gone already
+
+    def is_alive(self) -> bool:
+        return self.sentinel >= 0 and not select.select([self.sentinel], [], [], 0)[0]
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.sentinel >= 0:
+            select.select([self.sentinel], [], [], timeout)
+
+    def close(self) -> None:
+        if self.sentinel >= 0:
+            os.close(self.sentinel)
+            self.sentinel = -1
 
 
 def wait_ready(outputs: zmq.Socket, process: Any) -> dict[str, Any]:
@@ -296,7 +364,7 @@ def wait_ready(outputs: zmq.Socket, process: Any) -> dict[str, Any]:
     raise RuntimeError(f"the engine core did not become ready in {_START_TIMEOUT_S:g} s")
 
 
-def _start_without_main(process: Any) -> None:
+def start_without_main(process: Any) -> None:
     """Start a spawn process without re-importing our ``__main__`` in it.
 
     spawn re-imports the parent's main module in the child (``python -m

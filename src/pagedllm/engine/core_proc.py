@@ -58,16 +58,7 @@ def run_engine_core(config: Any, addresses: CoreAddresses) -> None:
         level=addresses.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    ctx = zmq.Context()
-    commands = ctx.socket(zmq.PULL)
-    commands.bind(addresses.commands)
-    outs = []
-    for address in addresses.outputs:
-        sock = ctx.socket(zmq.PUSH)
-        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow front end's batches
-        sock.setsockopt(zmq.LINGER, 2000)
-        sock.connect(address)
-        outs.append(sock)
+    ctx, commands, outs = core_sockets(addresses)
     try:
         core = EngineCore(config, commands, outs, addresses.parent_pid)
     except BaseException as exc:  # noqa: BLE001 - report why start-up failed, then exit
@@ -93,6 +84,22 @@ def run_engine_core(config: Any, addresses: CoreAddresses) -> None:
             sock.close(linger=1000)
         commands.close(linger=0)
         ctx.term()
+
+
+def core_sockets(addresses: CoreAddresses) -> tuple[zmq.Context, zmq.Socket, list[zmq.Socket]]:
+    """The core's end of the wire: its bound command socket and one connected output socket
+    per front end (a connect queues what is sent until that front end binds)."""
+    ctx = zmq.Context()
+    commands = ctx.socket(zmq.PULL)
+    commands.bind(addresses.commands)
+    outs = []
+    for address in addresses.outputs:
+        sock = ctx.socket(zmq.PUSH)
+        sock.setsockopt(zmq.SNDHWM, 0)  # never drop or block on a slow front end's batches
+        sock.setsockopt(zmq.LINGER, 2000)
+        sock.connect(address)
+        outs.append(sock)
+    return ctx, commands, outs
 
 
 class EngineCore:

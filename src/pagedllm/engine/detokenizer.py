@@ -86,6 +86,13 @@ class IncrementalDetokenizer:
         """
         if self.finished:
             raise RuntimeError("add_tokens after the detokenizer finished (stop hit or flush)")
+        if self._matcher is None:  # no stop strings (the common case): nothing held back
+            for token_id in new_ids:
+                self.output_token_ids.append(token_id)
+                piece = self._decode_next(token_id)
+                if piece:
+                    self._text += piece
+            return self._take(len(self._text)), None
         for token_id in new_ids:
             self.output_token_ids.append(token_id)
             old_len = len(self._text)

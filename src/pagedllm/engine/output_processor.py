@@ -41,6 +41,8 @@ class FrontRequest:
     decode_here: bool
     tokenizer: Any
     samples: dict[int, _Sample] = field(default_factory=dict)
+    _wire_metrics: tuple | None = None  # the last metrics received, and their RequestMetrics
+    _metrics: RequestMetrics | None = None
 
     def _sample(self, index: int) -> _Sample:
         sample = self.samples.get(index)
@@ -58,9 +60,10 @@ class FrontRequest:
     def apply(self, wire: WireOutput) -> RequestOutput:
         """Fold one step's delta in; return the output the in-process engine would have."""
         completions = []
-        beam = any(c.score is not None for c in wire.completions)
+        beam = _is_beam(wire)
+        samples = self.samples
         for c in wire.completions:
-            sample = self._sample(c.index)
+            sample = samples.get(c.index) or self._sample(c.index)
             delta_text = c.delta_text
             if beam:  # whole sequences, once
                 sample.token_ids, sample.text = list(c.delta_token_ids), c.delta_text
@@ -69,39 +72,40 @@ class FrontRequest:
             else:
                 delta_ids = c.delta_token_ids
                 sample.token_ids.extend(delta_ids)
-                if sample.detokenizer is not None:
-                    delta_text = sample.detokenizer.add_tokens(delta_ids)[0] if delta_ids else ""
-                    if c.finish_reason in ("stop", "length"):
-                        delta_text += sample.detokenizer.flush()
-                sample.text += delta_text
+                detokenizer = sample.detokenizer
+                if detokenizer is not None:
+                    delta_text = detokenizer.add_tokens(delta_ids)[0] if delta_ids else ""
+                    if c.finish_reason is not None and c.finish_reason in ("stop", "length"):
+                        delta_text += detokenizer.flush()
+                if delta_text:
+                    sample.text += delta_text
             if sample.logprobs is not None and c.delta_logprobs:
                 sample.logprobs.extend(c.delta_logprobs)
-            completions.append(
-                CompletionOutput(
-                    index=c.index,
-                    text=sample.text,
-                    token_ids=list(sample.token_ids),
-                    cumulative_logprob=c.cumulative_logprob,
-                    logprobs=sample.logprobs,
-                    finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
-                    delta_text=delta_text,
-                    delta_token_ids=delta_ids,
-                    delta_logprobs=c.delta_logprobs if sample.logprobs is not None else None,
-                    score=c.score,
-                )
-            )
-        metrics = None
-        if wire.metrics is not None:
-            arrival, scheduled, first, finished, cached, preemptions = wire.metrics
-            metrics = RequestMetrics(arrival, scheduled, first, None, finished, cached, preemptions)
+            # positional arguments (field order of ``outputs.py``): keyword construction of
+            # these slotted dataclasses costs twice as much, once per request per engine step
+            out = CompletionOutput(
+                c.index, sample.text, list(sample.token_ids), c.cumulative_logprob,
+                sample.logprobs, c.finish_reason, c.stop_reason, delta_text, delta_ids,
+                c.delta_logprobs if sample.logprobs is not None else None, c.score,
+            )  # fmt: skip
+            completions.append(out)
+        if wire.metrics != self._wire_metrics:  # the same tuple step after step while decoding
+            self._wire_metrics = wire.metrics
+            self._metrics = None
+            if wire.metrics is not None:
+                arrival, scheduled, first, finished, cached, preemptions = wire.metrics
+                self._metrics = RequestMetrics(arrival, scheduled, first, None, finished, cached,
+                                               preemptions)  # fmt: skip
         return RequestOutput(
-            request_id=wire.request_id,
-            prompt=self.prompt,
-            prompt_token_ids=self.prompt_token_ids,
-            outputs=completions,
-            finished=wire.finished,
-            prompt_logprobs=wire.prompt_logprobs,
-            metrics=metrics,
-            error=wire.error,
-        )
+            wire.request_id, self.prompt, self.prompt_token_ids, completions, wire.finished,
+            wire.prompt_logprobs, self._metrics, wire.error,
+        )  # fmt: skip
+
+
+def _is_beam(wire: WireOutput) -> bool:
+    """Beam search's outputs carry scores (whole sequences, not deltas); a loop, not ``any()``
+    over a generator: this runs once per request per engine step."""
+    for c in wire.completions:
+        if c.score is not None:
+            return True
+    return False

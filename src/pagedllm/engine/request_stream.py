@@ -1,10 +1,19 @@
-"""``RequestStream``: the outputs of one request of ``AsyncLLMEngine``, read on the event loop."""
+"""``RequestStream``: the outputs of one request of ``AsyncLLMEngine``, read on the event loop.
+
+A consumer that falls behind (its client reads slowly, or the front end's loop is busy with
+other streams) finds several outputs queued; it gets them as one output whose deltas are all of
+theirs joined (``coalesce``), as vLLM's output handler does, so a stream that is behind costs
+one SSE event, one JSON encoding and one socket write per wake-up, not per engine step. The
+result is what one engine step producing several tokens would have given (multi-step decoding
+already does), so every consumer handles it unchanged.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+from collections import deque
 from typing import TYPE_CHECKING
 
 from pagedllm.engine.errors import EngineStepError, RequestTimeoutError
@@ -31,11 +40,15 @@ class RequestStream:
         self.started = False  # has produced an output (no longer counts as waiting)
         self.deadline = deadline  # time.monotonic() after which the request is aborted
         self._engine = engine
-        self._queue: asyncio.Queue[RequestOutput | BaseException] = asyncio.Queue()
+        self._items: deque[RequestOutput | BaseException] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self._logged = False
 
     def _put(self, item: RequestOutput | BaseException) -> None:
-        self._queue.put_nowait(item)
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     def __aiter__(self) -> RequestStream:
         return self
@@ -73,18 +86,33 @@ class RequestStream:
             logger.warning("request %s cut before it finished: %s", self.request_id, why)
 
     async def _next_item(self) -> RequestOutput | BaseException:
-        if self.deadline is None:
-            return await self._queue.get()
-        remaining = self.deadline - time.monotonic()
+        if not self._items:
+            await self._wait()
+        item = self._items.popleft()
+        while self._items and isinstance(item, RequestOutput) and _joinable(self._items[0]):
+            item = coalesce(item, self._items.popleft())  # type: ignore[arg-type]
+        return item
+
+    async def _wait(self) -> None:
+        """Until an item is queued (or the deadline passes: ``RequestTimeoutError``)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiter = waiter
         try:
-            if remaining <= 0:
-                return self._queue.get_nowait()
-            return await asyncio.wait_for(self._queue.get(), remaining)
-        except (asyncio.TimeoutError, asyncio.QueueEmpty):
-            raise RequestTimeoutError(
-                f"the request did not finish within the server's request timeout "
-                f"({self._engine.request_timeout:g} s) and was aborted"
-            ) from None
+            if self.deadline is None:
+                await waiter
+                return
+            remaining = self.deadline - time.monotonic()
+            if remaining > 0:
+                await asyncio.wait_for(waiter, remaining)
+                return
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._waiter = None
+        raise RequestTimeoutError(
+            f"the request did not finish within the server's request timeout "
+            f"({self._engine.request_timeout:g} s) and was aborted"
+        )
 
     def close(self) -> None:
         """Stop listening; aborts the request in the engine if it has not finished."""
@@ -92,3 +120,37 @@ class RequestStream:
             self._log_cut("the response was closed (client disconnect or a failed write)")
             self.finished = True
             self._engine._abort_now(self.request_id)
+
+
+def _joinable(item: RequestOutput | BaseException) -> bool:
+    """A queued output that may be folded into the one before it: not an error (the tokens
+    before an error still reach the client first) and not beam search's whole sequences."""
+    if not isinstance(item, RequestOutput) or item.error is not None:
+        return False
+    for c in item.outputs:
+        if c.finish_reason == "error" or c.score is not None:
+            return False
+    return True
+
+
+def coalesce(first: RequestOutput, later: RequestOutput) -> RequestOutput:
+    """``later`` with ``first``'s deltas in front of its own (both outputs of one request, in
+    order): texts, ids and logprob lists are cumulative already; deltas are joined."""
+    if any(c.score is not None for c in first.outputs):
+        return later
+    earlier = {c.index: c for c in first.outputs}
+    for comp in later.outputs:
+        prev = earlier.pop(comp.index, None)
+        if prev is None:
+            continue
+        comp.delta_text = prev.delta_text + comp.delta_text
+        comp.delta_token_ids = prev.delta_token_ids + comp.delta_token_ids
+        if prev.delta_logprobs is not None or comp.delta_logprobs is not None:
+            comp.delta_logprobs = (prev.delta_logprobs or []) + (comp.delta_logprobs or [])
+    if earlier:  # samples that changed before but not in the later step
+        later.outputs = sorted([*later.outputs, *earlier.values()], key=lambda c: c.index)
+    if later.prompt_logprobs is None:
+        later.prompt_logprobs = first.prompt_logprobs
+    if later.metrics is None:
+        later.metrics = first.metrics
+    return later

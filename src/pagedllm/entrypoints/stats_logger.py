@@ -148,14 +148,15 @@ def add_logging_args(parser: Any) -> None:
     )
 
 
-def attach_loggers(async_engine: Any, args: Any) -> None:
-    """Wire ``--log-requests`` and ``--log-stats-interval`` into an ``AsyncLLMEngine``."""
+def attach_loggers(async_engine: Any, args: Any, stats: bool = True) -> None:
+    """Wire ``--log-requests`` and ``--log-stats-interval`` into an ``AsyncLLMEngine``
+    (``stats=False``: no engine stats lines; one of several front ends logs them)."""
     log_prompts = bool(getattr(args, "log_prompts", False))
     if getattr(args, "log_requests", False) or log_prompts:
         async_engine.request_logger = RequestLogger(log_prompts=log_prompts)
     interval = getattr(args, "log_stats_interval", 0) or 0
     if interval < 0:
         raise ValueError(f"log_stats_interval must be >= 0 seconds, got {interval}")
-    if interval > 0:
+    if interval > 0 and stats:
         stats_logger = StatsLogger(interval)
         async_engine.stats_hooks.append(lambda _engine, stats: stats_logger(stats))

@@ -2,7 +2,7 @@
 the same workload offline, all in one call.
 
 For each ``--engine-modes`` entry (``on``: the engine core in its own process; ``off``: one
-process) it starts ``pagedllm serve`` with the engine flags of ``--serve-args``, runs every
+process) and each ``--api-server-counts`` entry (front-end processes) it starts ``pagedllm serve`` with the engine flags of ``--serve-args``, runs every
 concurrency level against it (``bench_serving.py``), and stops it with SIGTERM. Then, in this
 process, it runs the largest level's workload through ``LLMEngine`` twice: once as an offline
 batch (output tok/s, as ``bench throughput`` does) and once streamed as ids (the gap between a
@@ -45,6 +45,12 @@ def add_launch_args(parser: argparse.ArgumentParser) -> None:
         help="comma-separated --engine-process values to run in turn (e.g. on,off)",
     )
     parser.add_argument(
+        "--api-server-counts",
+        default="1",
+        help="comma-separated --api-server-count values (front-end processes) to run in turn "
+        "with each engine mode (e.g. 1,4); more than 1 needs the engine mode on",
+    )
+    parser.add_argument(
         "--no-offline", action="store_true", help="skip the offline pass of the same workload"
     )
 
@@ -62,13 +68,13 @@ def _engine_argv(args: argparse.Namespace) -> list[str]:
     return argv + shlex.split(args.serve_args)
 
 
-def start_server(argv: list[str], mode: str) -> tuple[subprocess.Popen, str]:
+def start_server(argv: list[str], mode: str, front_ends: int = 1) -> tuple[subprocess.Popen, str]:
     """``pagedllm serve`` on a free port; returns the process and its base URL once healthy."""
     import httpx
 
     cmd = [sys.executable, "-m", "pagedllm.entrypoints.openai.server", "--port", "0",
            "--log-level", "warning", "--max-waiting-requests", "0",
-           "--engine-process", mode, *argv]  # fmt: skip
+           "--engine-process", mode, "--api-server-count", str(front_ends), *argv]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = None
     for line in proc.stdout:
@@ -90,6 +96,18 @@ def start_server(argv: list[str], mode: str) -> tuple[subprocess.Popen, str]:
         time.sleep(0.2)
     proc.kill()
     raise RuntimeError("the server never became healthy")
+
+
+def server_variants(engine_modes: str, api_server_counts: str) -> list[tuple[str, int]]:
+    """(engine mode, front-end count) pairs to run, modes outer; ValueError for a count above
+    1 with the engine mode off (several front ends share one engine-core process)."""
+    modes = [m.strip() for m in engine_modes.split(",") if m.strip()]
+    counts = [int(c) for c in str(api_server_counts).split(",") if c.strip()]
+    if not modes or not counts or min(counts) < 1:
+        raise ValueError("engine_modes and api_server_counts need at least one value; counts >= 1")
+    if "off" in modes and max(counts) > 1:
+        raise ValueError("api_server_counts above 1 need the engine mode on (not off)")
+    return [(mode, count) for mode in modes for count in counts]
 
 
 def _pump(stream: Any) -> None:
@@ -150,12 +168,13 @@ def run_launched(args: argparse.Namespace) -> int:
 
     engine_argv = _engine_argv(args)
     rows: list[dict] = []
-    for mode in [m.strip() for m in args.engine_modes.split(",") if m.strip()]:
-        proc, base = start_server(engine_argv, mode)
+    for mode, front_ends in server_variants(args.engine_modes, args.api_server_counts):
+        proc, base = start_server(engine_argv, mode, front_ends)
         try:
             args.base_url = base
             for row in run_levels(args):
                 row["engine_process"] = mode
+                row["api_server_count"] = front_ends
                 rows.append(row)
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -180,6 +199,7 @@ def run_launched(args: argparse.Namespace) -> int:
     print(json.dumps(summary, indent=2))
     if args.out:
         meta = {"engine_argv": engine_argv, "max_tokens": args.max_tokens,
+                "engine_modes": args.engine_modes, "api_server_counts": args.api_server_counts,
                 "prompt_ids": args.prompt_ids, "concurrency": args.concurrency,
                 "num_prompts": args.num_prompts, "repeat": args.repeat,
                 "time": time.strftime("%Y-%m-%d %H:%M:%S"), "pid": os.getpid()}  # fmt: skip

@@ -266,7 +266,11 @@ def _summarize(concurrency: int, results: list[RequestResult], duration: float) 
 
 
 def format_table(rows: list[dict]) -> str:
-    cols = [
+    # which server each row measured, when ``bench serve`` started several (bench_launch.py)
+    cols = [(name, key, fmt) for name, key, fmt in
+            (("engine", "engine_process", "s"), ("fronts", "api_server_count", "d"))
+            if rows and key in rows[0]]  # fmt: skip
+    cols += [
         ("conc", "concurrency", "d"),
         ("ok", "completed", "d"),
         ("req/s", "request_throughput", ".2f"),

@@ -22,11 +22,16 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 DEFAULT_HEADER_TIMEOUT = 10.0
 
 
-def make_server_socket(host: str, port: int) -> socket.socket:
-    """A bound TCP socket with TCP_NODELAY (inherited by accepted connections on Linux)."""
+def make_server_socket(host: str, port: int, reuse_port: bool = False) -> socket.socket:
+    """A bound TCP socket with TCP_NODELAY (inherited by accepted connections on Linux).
+
+    ``reuse_port``: ``SO_REUSEPORT``, so several front-end processes each listen on the same
+    address and the kernel spreads new connections over them (``--api-server-count``)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind((host, port))
     return sock

@@ -12,7 +12,7 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import uvicorn
@@ -64,17 +64,19 @@ def build_app(
     tool_call_parser: str | None = None,
     body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
     parse_special_tokens_in_chat: bool = False,
+    front_end: int | None = None,
 ) -> FastAPI:
     """The ASGI app over a (not yet started) async engine; the engine thread starts with it.
 
-    ``tool_call_parser`` (``"hermes"``) turns on ``tool_choice="auto"``."""
+    ``tool_call_parser`` (``"hermes"``) turns on ``tool_choice="auto"``. ``front_end``: this
+    app is front end number ``front_end`` of several (``/metrics`` labels its histograms)."""
     if tool_call_parser is not None:
         from pagedllm.entrypoints.openai.tool_parsers import get_tool_parser
 
         get_tool_parser(tool_call_parser)  # ValueError for an unknown name
     names = served_model_names or [async_engine.model_name]
     if async_engine.metrics is None:
-        async_engine.metrics = ServerMetrics(names[0])
+        async_engine.metrics = ServerMetrics(names[0], front_end)
     state = ServerState(
         engine=async_engine,
         served_model_names=names,
@@ -240,6 +242,14 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
         "docs/architecture.md)",
     )
     parser.add_argument(
+        "--api-server-count",
+        type=int,
+        default=1,
+        help="HTTP front-end processes sharing the port (SO_REUSEPORT) over one engine-core "
+        "process; more than 1 needs the engine core process (not --engine-process off). "
+        "Admission limits and /metrics histograms are per front end",
+    )
+    parser.add_argument(
         "--log-level",
         default="info",
         choices=["critical", "error", "warning", "info", "debug"],
@@ -262,31 +272,75 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
 
 def run_server(args: argparse.Namespace) -> int:
     """Load the model, serve until SIGTERM/SIGINT, drain, and return the exit code (0; 1 when
-    the engine-core process died)."""
+    the engine-core process died; 2 for invalid options)."""
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     try:
         config = engine_config_from_args(args)
+        count = check_api_server_count(args.api_server_count, args.engine_process)
     except (ValueError, TypeError) as exc:
         logger.error("invalid engine options: %s", exc)
         return 2
-    api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
+    if count > 1:
+        from pagedllm.entrypoints.openai.front_ends import run_front_ends
+
+        return run_front_ends(args, config)
     start = time.perf_counter()
-    limits = {
-        "max_waiting_requests": args.max_waiting_requests or None,
-        "request_timeout": args.request_timeout,
-    }
     separate = use_engine_process(args.engine_process, config)
     if separate:
         from pagedllm.engine.core_client import AsyncMPEngine
 
         async_engine: AsyncLLMEngine = AsyncMPEngine.from_config(
-            config, log_level=args.log_level, **limits
+            config, log_level=args.log_level, **server_limits(args)
         )
     else:
-        async_engine = AsyncLLMEngine.from_config(config, **limits)
-    attach_loggers(async_engine, args)
+        async_engine = AsyncLLMEngine.from_config(config, **server_limits(args))
+    if not separate:
+        log_startup_summary(async_engine.engine, time.perf_counter() - start)
+    sock = make_server_socket(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+
+    def announce(model_name: str) -> None:
+        print(f"pagedllm: serving {model_name} on http://{host}:{port}", flush=True)
+        print(f"pagedllm: live KV page dashboard at http://{host}:{port}/dashboard", flush=True)
+
+    return serve_on(args, async_engine, sock, announce)
+
+
+def server_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The async engine's admission cap and deadline (per front end)."""
+    return {
+        "max_waiting_requests": args.max_waiting_requests or None,
+        "request_timeout": args.request_timeout,
+    }
+
+
+def check_api_server_count(count: int, engine_process: str) -> int:
+    """``--api-server-count``: at least 1; more than 1 only over the engine core process."""
+    if count < 1:
+        raise ValueError(f"api_server_count must be >= 1, got {count}")
+    if count > 1 and engine_process == "off":
+        raise ValueError(
+            f"api_server_count={count} needs the engine core in its own process: several front "
+            "ends share one core (use --engine-process on or auto)"
+        )
+    return count
+
+
+def serve_on(
+    args: argparse.Namespace,
+    async_engine: AsyncLLMEngine,
+    sock: Any,
+    on_started: Callable[[str], None],
+    front_end: int | None = None,
+) -> int:
+    """Serve ``async_engine`` on the bound ``sock`` until SIGTERM/SIGINT, drain, shut the engine
+    down; 0, or 1 when its engine-core process died. ``on_started(model_name)`` runs once
+    uvicorn listens. ``front_end``: one of several front ends (``front_ends.py``): engine
+    stats are logged by front end 0 only and SIGINT is left to the supervisor."""
+    attach_loggers(async_engine, args, stats=front_end in (None, 0))
+    api_key = args.api_key or os.environ.get("PAGEDLLM_API_KEY") or None
     names = [args.served_model_name] if args.served_model_name else None
     app = build_app(
         async_engine,
@@ -297,9 +351,8 @@ def run_server(args: argparse.Namespace) -> int:
         tool_call_parser=args.tool_call_parser,
         body_timeout=args.body_timeout,
         parse_special_tokens_in_chat=args.parse_special_tokens_in_chat,
+        front_end=front_end,
     )
-    sock = make_server_socket(args.host, args.port)
-    host, port = sock.getsockname()[:2]
     uv_config = uvicorn_config(
         app,
         args.shutdown_timeout,
@@ -307,7 +360,9 @@ def run_server(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         access_log=args.log_level == "debug",
     )
-    server = _DrainingServer(uv_config, async_engine, args.shutdown_timeout)
+    model_name = app.state.pagedllm.model_name
+    server = _DrainingServer(uv_config, async_engine, args.shutdown_timeout,
+                             lambda: on_started(model_name), front_end is not None)  # fmt: skip
     # uvicorn re-raises a captured SIGTERM once it has shut down gracefully, which with the
     # default handler would kill us with -15; a graceful drain is a clean exit (0).
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -320,14 +375,12 @@ def run_server(args: argparse.Namespace) -> int:
         logger.error("%s: the server exits (status 1)", message)
         server.should_exit = True
 
-    if separate:
+    summary = getattr(async_engine.engine, "summary", None)
+    if summary is not None:  # the engine core process: it sent its start-up summary
         async_engine.on_core_death.append(core_died)
-        for line in async_engine.engine.summary.lines():
-            logging.getLogger("pagedllm.entrypoints.startup").info("%s", line)
-    else:
-        log_startup_summary(async_engine.engine, time.perf_counter() - start)
-    print(f"pagedllm: serving {app.state.pagedllm.model_name} on http://{host}:{port}", flush=True)
-    print(f"pagedllm: live KV page dashboard at http://{host}:{port}/dashboard", flush=True)
+        if front_end in (None, 0):
+            for line in summary.lines():
+                logging.getLogger("pagedllm.entrypoints.startup").info("%s", line)
     try:
         server.run(sockets=[sock])
     finally:
@@ -354,12 +407,26 @@ def use_engine_process(choice: str, config: Any) -> bool:
 class _DrainingServer(uvicorn.Server):
     """On SIGTERM/SIGINT: stop accepting and start the engine's grace period at once."""
 
-    def __init__(self, config: uvicorn.Config, engine: AsyncLLMEngine, grace: float) -> None:
+    def __init__(
+        self, config: uvicorn.Config, engine: AsyncLLMEngine, grace: float,
+        on_started: Callable[[], None], supervised: bool = False,
+    ) -> None:  # fmt: skip
         super().__init__(config)
         self._engine = engine
         self._grace = grace
+        self._on_started = on_started
+        # a supervised front end leaves Ctrl-C to its supervisor, which forwards a SIGTERM
+        # (a second SIGINT from the terminal would make uvicorn skip the drain)
+        self._supervised = supervised
+
+    async def startup(self, sockets: list | None = None) -> None:
+        await super().startup(sockets=sockets)
+        if self.started:
+            self._on_started()
 
     def handle_exit(self, sig: int, frame: Any) -> None:  # noqa: ANN401 - a signal frame
+        if self._supervised and sig == signal.SIGINT:
+            return
         super().handle_exit(sig, frame)
         self._engine.begin_shutdown(self._grace)
 
