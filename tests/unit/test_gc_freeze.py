@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from pagedllm.engine.llm_engine import freeze_startup_objects
+from pagedllm.engine.gc_freeze import freeze_startup_objects
 
 
 def _engine(device_type: str) -> SimpleNamespace:

@@ -107,7 +107,8 @@ class AsyncLLMEngine:
     @classmethod
     def from_config(cls, config: Any, metrics: Any | None = None, **limits: Any) -> AsyncLLMEngine:
         """Build the engine (loads the model: slow) and wrap it (``limits``: see __init__)."""
-        from pagedllm.engine.llm_engine import LLMEngine, freeze_startup_objects
+        from pagedllm.engine.gc_freeze import freeze_startup_objects
+        from pagedllm.engine.llm_engine import LLMEngine
 
         engine = LLMEngine.from_config(config)
         freeze_startup_objects(engine)  # the in-process server: one engine for its life

@@ -108,7 +108,8 @@ class EngineCore:
     def __init__(
         self, config: Any, commands: zmq.Socket, outs: list[zmq.Socket], parent_pid: int
     ) -> None:
-        from pagedllm.engine.llm_engine import LLMEngine, freeze_startup_objects
+        from pagedllm.engine.gc_freeze import freeze_startup_objects
+        from pagedllm.engine.llm_engine import LLMEngine
 
         start = time.perf_counter()
         self.engine = LLMEngine.from_config(config)
